@@ -1,0 +1,38 @@
+# Two entry points: `make run` (set up + the main job) and `make test` (set up + lint + tests).
+# Setup is idempotent: a virtualenv in .venv, the package with its dev extra, and Fashion-MNIST from Debian.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+RUN_ARGS ?= --method erm --noise pairflip40
+
+.PHONY: setup data run test test-all bench clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian's dataset-fashion-mnist; where apt-get is unavailable nlbench falls back to --data-root / --download.
+data:
+	@test -f $(FMNIST) || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist) \
+		|| echo "warning: could not install dataset-fashion-mnist; use --data-root or --download"
+
+run: setup
+	$(BIN)/nlbench run $(RUN_ARGS)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ""
+
+bench: setup
+	$(BIN)/python -m pytest benchmarks -q --benchmark-only -p no:randomly
+
+clean:
+	rm -rf $(VENV) build *.egg-info

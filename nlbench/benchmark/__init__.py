@@ -1,0 +1,1 @@
+"""The benchmark core: noise, splits, the training harness, records and statistics."""

@@ -1,0 +1,342 @@
+"""The one training loop every method runs in.
+
+Data live on the device as tensors (uint8 images are normalised per batch), batches are slices of a seeded
+permutation, and the method supplies only the loss (see :mod:`nlbench.methods.base`). The loop records per-epoch
+test accuracy, noisy-validation accuracy, epoch wall time and, for reweighting methods, weight telemetry, and
+returns the run's record (see :mod:`nlbench.benchmark.records` and the README for the schema).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import nlbench
+from nlbench.benchmark.augment import random_crop_flip
+from nlbench.benchmark.config import RunConfig
+from nlbench.benchmark.noise import (
+    NoiseContext,
+    apply_noise,
+    noise_report,
+    noise_rng,
+    parse_noise,
+    standardise_features,
+)
+from nlbench.benchmark.records import SCHEMA_VERSION, find_record, write_record
+from nlbench.benchmark.splits import Splits, make_splits
+from nlbench.benchmark.telemetry import weight_telemetry
+from nlbench.datasets import Dataset, load_dataset
+from nlbench.errors import DivergenceError, NLBenchError
+from nlbench.methods import Batch, MethodContext, TrainData, TrainSet, create_method, get_method
+from nlbench.models import MODELS, create_model
+
+EVAL_BATCH = 1000
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise NLBenchError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NLBenchError("--device cuda was asked for, but no CUDA device is available")
+    return dev
+
+
+def seed_int(*parts: int) -> int:
+    """A 63-bit seed derived from integers, so streams (init, shuffle, method, noise) never collide."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def make_generator(device: torch.device, *parts: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed_int(*parts))
+    return g
+
+
+def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at global ``step``: per-step cosine to 0, step decay at ``milestones`` (epochs), or constant."""
+    if cfg.schedule == "cosine":
+        total = cfg.epochs * steps_per_epoch
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch
+        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return cfg.lr
+
+
+def make_prep(dataset: Dataset, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Raw batch -> model input: uint8 images become normalised float (channels_last on CUDA)."""
+    if dataset.x_train.dtype != torch.uint8:
+        return lambda x: x
+    c = dataset.x_train.shape[1]
+    mean = torch.tensor(dataset.mean or (0.5,) * c, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(dataset.std or (0.5,) * c, device=device).view(1, -1, 1, 1)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        return ((x.float() / 255.0 - mean) / std).contiguous(memory_format=fmt)
+
+    return prep
+
+
+def autocast_factory(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA (no GradScaler needed), nothing on the CPU."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@dataclass
+class NoisyPool:
+    """Positions (in the training split) and labels of the meta set, validation split and noisy pool."""
+
+    splits: Splits
+    pool_noisy: np.ndarray
+    val_noisy: np.ndarray
+    noise_report: dict
+    val_noise_report: dict | None
+
+
+def noisy_pool(cfg: RunConfig, dataset: Dataset) -> NoisyPool:
+    """Carve the meta set and validation split (before noise), then apply the noise to the pool and, with an
+    independent stream, to the validation split. Everything is drawn from the noise seed."""
+    spec = parse_noise(cfg.noise)
+    y = dataset.y_train.numpy()
+    C = dataset.num_classes
+    splits = make_splits(y, C, cfg.meta_size, cfg.val_size, noise_rng(cfg.effective_noise_seed, stream=1))
+    feats_cache: dict[str, np.ndarray] = {}
+
+    def features() -> np.ndarray:  # idn only: computed once, lazily
+        if "x" not in feats_cache:
+            feats_cache["x"] = standardise_features(dataset.x_train.numpy())
+        return feats_cache["x"]
+
+    def noisy_labels(idx: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        ctx = NoiseContext(asym_map=dataset.asym_map, features=lambda: features()[idx],
+                           human=dataset.human_labels, indices=idx, dataset=dataset.name)
+        return apply_noise(spec, y[idx], C, noise_rng(cfg.effective_noise_seed, stream=stream), ctx)
+
+    pool_noisy, T = noisy_labels(splits.pool, 2)
+    report = {"spec": spec.name, **noise_report(y[splits.pool], pool_noisy, C, nominal=T)}
+    val_noisy, val_report = np.zeros(0, dtype=np.int64), None
+    if len(splits.val):
+        val_noisy, _ = noisy_labels(splits.val, 3)
+        val_report = {"realised_rate": float(np.mean(val_noisy != y[splits.val]))}
+    return NoisyPool(splits, pool_noisy, val_noisy, report, val_report)
+
+
+def to_device(noisy: NoisyPool, dataset: Dataset, device: torch.device) -> TrainData:
+    """Move the splits to ``device`` as the tensors the loop and the methods use."""
+    y = dataset.y_train.numpy()
+    s = noisy.splits
+
+    def t(a) -> torch.Tensor:
+        return torch.as_tensor(a).to(device)
+
+    def rows(idx: np.ndarray) -> torch.Tensor:
+        return t(dataset.x_train[torch.from_numpy(idx)])
+
+    return TrainData(
+        pool=TrainSet(rows(s.pool), t(noisy.pool_noisy), t(noisy.pool_noisy != y[s.pool])),
+        pool_true=t(y[s.pool]), meta_x=rows(s.meta), meta_y=t(y[s.meta]),
+        val_x=rows(s.val), val_y=t(noisy.val_noisy), test_x=t(dataset.x_test), test_y=t(dataset.y_test),
+        num_classes=dataset.num_classes,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, prep, autocast) -> float:
+    """Accuracy of ``model`` in eval mode (NaN for an empty split)."""
+    if len(y) == 0:
+        return float("nan")
+    model.eval()
+    correct = torch.zeros((), device=y.device, dtype=torch.long)
+    for i in range(0, len(y), EVAL_BATCH):
+        with autocast():
+            logits = model(prep(x[i:i + EVAL_BATCH]))
+        correct += (logits.argmax(1) == y[i:i + EVAL_BATCH]).sum()
+    return correct.item() / len(y)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(nlbench.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and hardware a record was made with (for reproducibility, not part of the config hash)."""
+    return {
+        "nlbench": nlbench.__version__, "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "threads": torch.get_num_threads(), "git_sha": _git_sha(),
+    }
+
+
+def canonical_config(cfg: RunConfig) -> RunConfig:
+    """Resolve aliases (``fbr`` -> ``surrogate``) and check every name, so equal runs hash equally."""
+    cfg.method = get_method(cfg.method).name
+    cfg.noise = parse_noise(cfg.noise).name
+    MODELS.canonical(cfg.model)
+    return cfg
+
+
+class _Progress:
+    """A rich progress bar on a terminal; silent otherwise (logs stay clean in CI and workers)."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total, status="")
+
+    def advance(self, status: str | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, **({"status": status} if status else {}))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device: str = "auto",
+          results_dir: str | os.PathLike | None = None, progress: bool = False, resume: bool = True,
+          dataset: Dataset | None = None, download: bool = False) -> dict:
+    """Run one setting and return its record; with ``results_dir`` the record is also written atomically.
+
+    With ``resume`` and a finished record of the same config already in ``results_dir``, that record is
+    returned without training. A non-finite loss ends the run with ``status = "failed"`` and the epoch.
+    """
+    cfg = canonical_config(cfg)
+    if results_dir is not None and resume:
+        done = find_record(results_dir, cfg.run_name())
+        if done is not None:
+            done["resumed"] = True
+            return done
+    t_start = time.perf_counter()
+    dev = select_device(device)
+    if dataset is None:
+        dataset = load_dataset(cfg.dataset, data_root, download=download, **cfg.dataset_options)
+    method = create_method(cfg.method, **cfg.method_options)
+    noisy = noisy_pool(cfg, dataset)
+    data = to_device(noisy, dataset, dev)
+    train_set = method.train_set(data)
+    n = len(train_set)
+    if n < 2:
+        raise NLBenchError(f"method {cfg.method!r} has {n} training samples; nothing to train on")
+
+    with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: fence it off, seeded
+        torch.manual_seed(seed_int(cfg.seed, 1))
+        try:
+            model = create_model(cfg.model, dataset.num_classes, dataset.input_shape)
+        except ValueError as e:
+            raise NLBenchError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}: {e}") from None
+    model = model.to(dev)
+    if dev.type == "cuda" and len(dataset.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    prep, autocast = make_prep(dataset, dev), autocast_factory(dev)
+    method.setup(MethodContext(model=model, meta_x=prep(data.meta_x), meta_y=data.meta_y, num_train=n,
+                               num_classes=dataset.num_classes, batch_size=cfg.batch_size, device=dev,
+                               generator=make_generator(dev, cfg.seed, 3), prep=prep, autocast=autocast))
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.momentum > 0)
+    shuffle_g, aug_g = make_generator(dev, cfg.seed, 2), make_generator(dev, cfg.seed, 4)
+    steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size >= 2)  # a last batch of 1 breaks BatchNorm
+    is_noisy = train_set.is_noisy
+    history: list[dict] = []
+    status, error = "ok", None
+    bar = _Progress(progress, cfg.epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}")
+    step = 0
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, device=dev, generator=shuffle_g)
+            weights_seen = torch.full((n,), float("nan"), device=dev) if method.reweights else None
+            loss_sum = torch.zeros((), device=dev)
+            for i in range(steps_per_epoch):
+                idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                xb = train_set.x[idx]
+                if cfg.augment:
+                    xb = random_crop_flip(xb, aug_g)
+                lr = lr_at(cfg, step, steps_per_epoch)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                with autocast():
+                    out = method.step(Batch(prep(xb), train_set.y[idx], idx, lr, step, epoch), model)
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                opt.step()
+                loss_sum += out.loss.detach().float()
+                if weights_seen is not None and out.weights is not None:
+                    weights_seen[idx] = out.weights.detach().float()
+                step += 1
+                bar.advance()
+            train_loss = loss_sum.item() / steps_per_epoch  # the one sync per epoch
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            epoch_time = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                raise DivergenceError(f"non-finite training loss ({train_loss}) in epoch {epoch}", epoch)
+            entry = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "epoch_time_s": epoch_time,
+                     "test_acc": evaluate(model, data.test_x, data.test_y, prep, autocast),
+                     "val_acc": evaluate(model, data.val_x, data.val_y, prep, autocast)}
+            if method.reweights:
+                persistent = method.sample_weights()
+                w = persistent if persistent is not None else weights_seen
+                entry.update(weight_telemetry(w.detach().float().cpu().numpy(), is_noisy.cpu().numpy()))
+            history.append(entry)
+    except DivergenceError as e:
+        status, error = "failed", {"reason": str(e), "epoch": e.epoch}
+    finally:
+        bar.close()
+
+    accs = [h["test_acc"] for h in history]
+    final = {}
+    if accs:
+        best = int(np.argmax(accs))
+        final = {"last_acc": accs[-1], "best_acc": accs[best], "best_epoch": history[best]["epoch"],
+                 "last5_acc": float(np.mean(accs[-5:])), "epochs_done": len(accs)}
+    record = {
+        "schema": SCHEMA_VERSION, "run_name": cfg.run_name(), "config_hash": cfg.hash(),
+        "method": cfg.method, "noise": cfg.noise, "dataset": cfg.dataset, "model": cfg.model,
+        "seed": cfg.seed, "noise_seed": cfg.effective_noise_seed, "status": status, "oracle": method.oracle,
+        "config": cfg.to_dict(), "method_options": method.options(),
+        "env": environment(dev), "dataset_info": dict(dataset.info),
+        "noise_report": noisy.noise_report, "val_noise_report": noisy.val_noise_report,
+        "sizes": {"pool": len(noisy.splits.pool), "meta": len(noisy.splits.meta), "val": len(noisy.splits.val),
+                  "test": len(dataset.y_test), "train": n},
+        "history": history, "final": final,
+        "wall_time_s": time.perf_counter() - t_start,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if error:
+        record["error"] = error
+    if results_dir is not None:
+        record["path"] = str(write_record(results_dir, record))
+    return record

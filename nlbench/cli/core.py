@@ -1,0 +1,207 @@
+"""``nlbench run``, ``nlbench list`` and ``nlbench noise show``."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from nlbench.cli import app, console, user_errors
+from nlbench.errors import NLBenchError
+
+noise_app = typer.Typer(help="Inspect noise specs.", no_args_is_help=True)
+app.add_typer(noise_app, name="noise")
+
+DEFAULT_RESULTS = Path("results")
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["alpha=0.1", "mode=direct"]`` -> ``{"alpha": 0.1, "mode": "direct"}`` (values parsed as JSON if they
+    can be, else kept as strings)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise NLBenchError(f"option {pair!r} must look like key=value")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+Seed = Annotated[int, typer.Option(min=0, help="Training seed (non-negative).")]
+DataRoot = Annotated[Path | None, typer.Option(help="Folder with the data files (else $NLBENCH_DATA_ROOT, "
+                                                    "else system locations).", envvar="NLBENCH_DATA_ROOT")]
+
+
+@app.command()
+def run(
+    method: Annotated[str, typer.Option(help="Method name (see `nlbench list methods`).")] = "erm",
+    noise: Annotated[str, typer.Option(help="Noise spec, e.g. sym40, pairflip45, idn40, clean.")] = "clean",
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "fashion-mnist",
+    model: Annotated[str | None, typer.Option(help="Model name (default: the dataset's).")] = None,
+    seed: Seed = 0,
+    noise_seed: Annotated[int | None, typer.Option(min=0, help="Noise seed (default: the training seed).")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, Nesterov momentum).")] = 0.05,
+    momentum: Annotated[float, typer.Option()] = 0.9,
+    weight_decay: Annotated[float, typer.Option()] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    milestones: Annotated[str, typer.Option(help="Step-schedule epochs, comma-separated.")] = "",
+    meta_size: Annotated[int, typer.Option(help="Clean meta-set size, carved before noise.")] = 1000,
+    val_size: Annotated[int, typer.Option(help="Noisy validation split size.")] = 0,
+    augment: Annotated[bool, typer.Option(help="Random crop + flip on the device.")] = False,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="Method option key=value (repeatable).")] = None,
+    data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
+    results_dir: Annotated[Path, typer.Option(help="Where records go (records land in DIR/runs/).")] = DEFAULT_RESULTS,
+    data_root: DataRoot = None,
+    download: Annotated[bool, typer.Option(help="Download missing data (needs internet).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    force: Annotated[bool, typer.Option(help="Rerun even if a finished record exists.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole record as JSON.")] = False,
+) -> None:
+    """Train one setting and write its record (resumes: a finished record is reused unless --force)."""
+    from nlbench.benchmark.config import RunConfig
+    from nlbench.benchmark.harness import train
+
+    with user_errors():
+        try:
+            ms = tuple(int(m) for m in milestones.split(",") if m.strip())
+        except ValueError:
+            raise NLBenchError(f"--milestones must be comma-separated integers, got {milestones!r}") from None
+        cfg = RunConfig(method=method, noise=noise, dataset=dataset, model=model, seed=seed, noise_seed=noise_seed,
+                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        schedule=schedule, milestones=ms, meta_size=meta_size, val_size=val_size, augment=augment,
+                        method_options=parse_options(opt), dataset_options=parse_options(data_opt))
+        if download and data_root is None:
+            raise NLBenchError("--download needs --data-root (the folder to download into)")
+        rec = train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
+                    resume=not force, download=download)
+    if as_json:
+        print(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}, indent=1, sort_keys=True))
+        return
+    print_summary(rec)
+    if rec["status"] != "ok":
+        raise typer.Exit(1)
+
+
+def print_summary(rec: dict) -> None:
+    """A short human summary of one record."""
+    tag = " [ORACLE]" if rec.get("oracle") else ""
+    table = Table(title=f"{rec['method']}{tag} | {rec['dataset']} {rec['noise']} | seed {rec['seed']}",
+                  show_header=True)
+    for col in ("status", "realised noise", "last acc", "best acc (optimistic)", "mean last 5", "epochs",
+                "wall s"):
+        table.add_column(col, justify="right")
+    f = rec.get("final", {})
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    table.add_row(rec["status"], f"{rec['noise_report']['realised_rate']:.4f}", pct(f.get("last_acc")),
+                  pct(f.get("best_acc")), pct(f.get("last5_acc")), str(len(rec["history"])),
+                  f"{rec['wall_time_s']:.1f}")
+    console.print(table)
+    if rec.get("resumed"):
+        console.print("(finished record reused; pass --force to rerun)")
+    if rec.get("error"):
+        console.print(f"failed: {rec['error']['reason']}")
+    if rec.get("path") or rec.get("_path"):
+        console.print(f"record: {rec.get('path') or rec.get('_path')}")
+
+
+class Kind(StrEnum):
+    methods = "methods"
+    noises = "noises"
+    datasets = "datasets"
+    models = "models"
+
+
+@app.command("list")
+def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")] = Kind.methods) -> None:
+    """List registered methods, noises, datasets or models."""
+    with user_errors():
+        rows = registry_rows(kind.value)
+    table = Table(show_header=True)
+    table.add_column(kind.value[:-1])
+    table.add_column("description")
+    for name, desc in rows:
+        table.add_row(name, desc)
+    console.print(table)
+
+
+def _first_line(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.split("\n\n")[0].replace("\n", " ")
+
+
+def registry_rows(kind: str) -> list[tuple[str, str]]:
+    """(name, one-line description) for every entry of a registry."""
+    if kind == "methods":
+        from nlbench.methods import METHODS, list_methods
+
+        rows = []
+        for name in list_methods():
+            cls = METHODS.get(name)
+            aliases = METHODS.aliases(name)
+            extra = (f" (alias: {', '.join(aliases)})" if aliases else "") + (" [ORACLE]" if cls.oracle else "")
+            rows.append((name, _first_line(cls) + extra))
+        return rows
+    if kind == "noises":
+        from nlbench.benchmark.noise import NOISES, list_noises
+
+        return [(n, _first_line(NOISES.get(n.removesuffix("NN")))) for n in list_noises()]
+    if kind == "datasets":
+        from nlbench.datasets import DATASETS
+
+        return [(n, _first_line(DATASETS.get(n))) for n in DATASETS.list()]
+    from nlbench.models import MODELS
+
+    return [(n, _first_line(MODELS.get(n))) for n in MODELS.list()]
+
+
+@noise_app.command("show")
+def noise_show(
+    spec: Annotated[str, typer.Argument(help="Noise spec, e.g. pairflip40.")],
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "fashion-mnist",
+    seed: Annotated[int, typer.Option(min=0, help="Noise seed.")] = 0,
+    meta_size: Annotated[int, typer.Option(help="Meta set carved out before noise, as in a run.")] = 1000,
+    data_root: DataRoot = None,
+    data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Apply a noise spec to a dataset's training pool and print T with the realised rates."""
+    import numpy as np
+
+    from nlbench.benchmark.config import RunConfig
+    from nlbench.benchmark.harness import noisy_pool
+    from nlbench.datasets import load_dataset
+
+    with user_errors():
+        ds = load_dataset(dataset, data_root, **parse_options(data_opt))
+        cfg = RunConfig(noise=spec, dataset=dataset, seed=seed, noise_seed=seed, meta_size=meta_size, epochs=1,
+                        model="mlp")
+        report = noisy_pool(cfg, ds).noise_report
+    if as_json:
+        print(json.dumps({"spec": report["spec"], "dataset": dataset, "seed": seed, "n": report["n"],
+                          "realised_rate": report["realised_rate"], "per_class_rate": report["per_class_rate"],
+                          "transition_matrix": report["transition_matrix"],
+                          "nominal_transition_matrix": report.get("nominal_transition_matrix")}, indent=1))
+        return
+    T = np.asarray(report["transition_matrix"])
+    table = Table(title=f"{report['spec']} on {dataset} (noise seed {seed}): realised T[true, noisy]")
+    table.add_column("true \\ noisy")
+    for j in range(T.shape[1]):
+        table.add_column(str(j), justify="right")
+    table.add_column("rate", justify="right")
+    for i, row in enumerate(T):
+        table.add_row(str(i), *(f"{v:.3f}" if v else "." for v in row), f"{report['per_class_rate'][i]:.3f}")
+    console.print(table)
+    console.print(f"realised rate: {report['realised_rate']:.4f} over {report['n']} pool samples")

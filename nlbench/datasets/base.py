@@ -1,0 +1,73 @@
+"""The in-memory dataset container every loader returns.
+
+The harness keeps whole splits as tensors on the device (airbench style), so a loader's only job is to return
+them once: images as uint8 ``(N, C, H, W)``, or float32 ``(N, d)`` feature vectors for synthetic data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nlbench.errors import DataError
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
+DEBIAN_DATASETS = Path("/usr/share/datasets")
+
+
+@dataclass
+class Dataset:
+    """Train and test splits held as tensors.
+
+    ``x_*`` is uint8 ``(N, C, H, W)`` for images (normalised by the harness with ``mean``/``std``) or float32
+    ``(N, d)`` for vector data (used as is). ``y_*`` is int64 ``(N,)`` with the *true* training labels: noise is
+    applied later by :mod:`nlbench.benchmark.noise`, never by a loader.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    #: ``asymNN`` map: true class -> the class it is flipped to (classes absent from the map stay clean).
+    asym_map: dict[int, int] | None = None
+    #: Real human label sets (CIFAR-N) by noise name, aligned with ``y_train``; loaded lazily.
+    human_labels: dict[str, Callable[[], np.ndarray]] = field(default_factory=dict)
+    #: Free-form facts for the record (source path, caveats such as "JPEG copy").
+    info: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def __post_init__(self) -> None:
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise DataError(f"{self.name}: images and labels differ in length")
+
+
+def resolve_root(data_root: str | os.PathLike | None) -> Path | None:
+    """The explicit ``--data-root``, else ``$NLBENCH_DATA_ROOT``, else ``None``.
+
+    An explicit root that does not exist is an error: it is never silently replaced by another location.
+    """
+    if data_root is None:
+        env = os.environ.get("NLBENCH_DATA_ROOT")
+        if not env:
+            return None
+        data_root = env
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {str(root)!r} does not exist or is not a directory")
+    return root

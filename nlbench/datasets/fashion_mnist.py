@@ -1,0 +1,103 @@
+"""Fashion-MNIST from the standard gzipped IDX files.
+
+Search order: the data root (``--data-root`` / ``$NLBENCH_DATA_ROOT``, where the files may sit directly or in a
+``fashion-mnist/`` sub-folder), else Debian's ``dataset-fashion-mnist`` in /usr/share/datasets/fashion-mnist,
+else, with ``download=True``, torchvision's downloader into the data root. An explicit root is never silently
+swapped for the Debian copy: if it lacks the files, that is an error (unless ``download=True``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nlbench.datasets import register_dataset
+from nlbench.datasets.base import DEBIAN_DATASETS, Dataset
+from nlbench.errors import DataError
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+FILES = {
+    "train_images": ("train-images-idx3-ubyte.gz", 60000),
+    "train_labels": ("train-labels-idx1-ubyte.gz", 60000),
+    "test_images": ("t10k-images-idx3-ubyte.gz", 10000),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", 10000),
+}
+
+#: nlbench's ``asymNN`` map for Fashion-MNIST: each class goes to its most confusable look-alike, from the
+#: confusion of a clean-trained classifier: T-shirt/top <-> Shirt, Pullover <-> Coat, Sandal -> Sneaker,
+#: Sneaker <-> Ankle boot. Trouser, Dress and Bag stay clean. Applied simultaneously from the true labels, so
+#: every mapped class loses exactly the nominal share (no chained flips, cf. ELR#16).
+ASYM_MAP = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 9, 9: 7}
+
+_MAGIC = {1: 2049, 3: 2051}  # IDX magic for ubyte data of 1 (labels) and 3 (images) dimensions
+FIX = ("install Debian's package (apt-get install dataset-fashion-mnist), point --data-root at a folder "
+       "with the four .gz files, or pass --download")
+
+
+def read_idx(path: Path, expected_count: int | None = None) -> np.ndarray:
+    """Read a gzipped (or plain) IDX ubyte file into a uint8 array, checking magic number and size."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"missing data file {path}: {FIX}") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"corrupted data file {path} ({e}): delete it and {FIX}") from None
+    if len(raw) < 8:
+        raise DataError(f"truncated data file {path} ({len(raw)} bytes): delete it and {FIX}")
+    magic = struct.unpack(">I", raw[:4])[0]
+    ndim = magic & 0xFF
+    if (magic >> 8) != 0x08 or ndim not in _MAGIC:
+        raise DataError(f"data file {path} has wrong magic number {magic:#x} (not a ubyte IDX file): {FIX}")
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    n = int(np.prod(dims))
+    if len(raw) - header != n:
+        raise DataError(f"truncated data file {path}: {len(raw) - header} of {n} bytes; delete it and {FIX}")
+    if expected_count is not None and dims[0] != expected_count:
+        raise DataError(f"data file {path} holds {dims[0]} items, expected {expected_count}: {FIX}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_folder(root: Path | None, download: bool) -> Path:
+    names = [name for name, _ in FILES.values()]
+    candidates = [root, root / "fashion-mnist"] if root is not None else [DEBIAN_DATASETS / "fashion-mnist"]
+    for folder in candidates:
+        if all((folder / n).exists() for n in names):
+            return folder
+    if download:
+        if root is None:
+            raise DataError("--download needs a --data-root to download Fashion-MNIST into")
+        import torchvision  # deferred: only users with internet reach this
+
+        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        return root / "FashionMNIST" / "raw"
+    where = candidates[-1]
+    missing = next(n for n in names if not (where / n).exists())
+    raise DataError(f"missing data file {where / missing}: {FIX}")
+
+
+@register_dataset("fashion-mnist")
+def fashion_mnist(root: Path | None, download: bool = False) -> Dataset:
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28x28 images of 10 clothing classes."""
+    folder = _find_folder(root, download)
+    arrays = {key: read_idx(folder / name, count) for key, (name, count) in FILES.items()}
+    return Dataset(
+        name="fashion-mnist",
+        x_train=torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
+        y_train=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        x_test=torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
+        y_test=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        classes=list(CLASSES),
+        mean=(0.2860,),
+        std=(0.3530,),
+        asym_map=dict(ASYM_MAP),
+        info={"source": str(folder)},
+    )
