@@ -34,7 +34,7 @@ from nlbench.benchmark.noise import (
     parse_noise,
     standardise_features,
 )
-from nlbench.benchmark.records import SCHEMA_VERSION, find_record, write_record
+from nlbench.benchmark.records import SCHEMA_VERSION, ensure_runs_dir, find_record, record_path, write_record
 from nlbench.benchmark.splits import Splits, make_splits
 from nlbench.benchmark.telemetry import weight_telemetry
 from nlbench.datasets import Dataset, load_dataset
@@ -226,10 +226,11 @@ class _Progress:
 
 def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device: str = "auto",
           results_dir: str | os.PathLike | None = None, progress: bool = False, resume: bool = True,
-          dataset: Dataset | None = None, download: bool = False) -> dict:
+          dataset: Dataset | None = None, download: bool = False, compile_model: bool = False) -> dict:
     """Run one setting and return its record; with ``results_dir`` the record is also written atomically.
 
-    With ``resume`` and a finished record of the same config already in ``results_dir``, that record is
+    ``compile_model`` wraps the model's forward in ``torch.compile`` (useful on a GPU). With ``resume`` and a
+    finished record of the same config already in ``results_dir``, that record is
     returned without training. A non-finite loss ends the run with ``status = "failed"`` and the epoch.
     """
     cfg = canonical_config(cfg)
@@ -237,7 +238,10 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
         done = find_record(results_dir, cfg.run_name())
         if done is not None:
             done["resumed"] = True
+            done["path"] = str(record_path(results_dir, cfg.run_name()))  # the stored copy has no path of its own
             return done
+    if results_dir is not None:
+        ensure_runs_dir(results_dir)
     t_start = time.perf_counter()
     dev = select_device(device)
     if dataset is None:
@@ -260,11 +264,12 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     if dev.type == "cuda" and len(dataset.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     prep, autocast = make_prep(dataset, dev), autocast_factory(dev)
+    if compile_model:  # the eager module stays the one methods see for torch.func; only forward is compiled
+        model.forward = torch.compile(model.forward)
     method.setup(MethodContext(model=model, meta_x=prep(data.meta_x), meta_y=data.meta_y, num_train=n,
                                num_classes=dataset.num_classes, batch_size=cfg.batch_size, device=dev,
                                generator=make_generator(dev, cfg.seed, 3), prep=prep, autocast=autocast))
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=cfg.momentum > 0)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     shuffle_g, aug_g = make_generator(dev, cfg.seed, 2), make_generator(dev, cfg.seed, 4)
     steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size >= 2)  # a last batch of 1 breaks BatchNorm
     is_noisy = train_set.is_noisy

@@ -72,7 +72,9 @@ def list_noises() -> list[str]:
     return [k if k in _RATELESS else f"{k}NN" for k in NOISES.list()]
 
 
-_SPEC = re.compile(r"^([a-z][a-z-]*?)(\d+(?:\.\d+)?)$")
+# The optional minus lets "sym-5" reach the range check ("outside [0, 100)") instead of failing as an
+# unknown kind "sym-".
+_SPEC = re.compile(r"^([a-z][a-z-]*?)(-?\d+(?:\.\d+)?)$")
 
 
 def parse_noise(spec: str) -> NoiseSpec:
@@ -103,7 +105,10 @@ def noise_rng(noise_seed: int, stream: int = 0) -> np.random.Generator:
 
 
 def round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
+    """``x`` rounded to the nearest integer, halves up. The slack absorbs float error in products such as
+    ``n * (1 - T[c, c])`` (``1 - (1 - 0.1) = 0.0999..``): without it ``5 * sym10`` flips 0 samples, not 1.
+    Genuine values sit at least ``1 / (100 C)`` from a half for percent rates, far above the slack."""
+    return int(math.floor(x + 0.5 + 1e-7))
 
 
 def flip_with_matrix(labels: np.ndarray, T: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -262,8 +267,10 @@ def idn(labels, num_classes, rate, rng, ctx):
             keys = np.log(q[idx]) + rng.gumbel(size=len(idx))
         chosen = np.argsort(-keys, kind="stable")[:k]
         cum = soft[chosen].cumsum(axis=1)
-        u = rng.random(k)[:, None]
-        targets = np.minimum((u > cum).sum(axis=1), C - 1)
+        # Scaling u by the row total keeps u < cum[-1] when the float sum falls short of 1, and ``>=`` skips
+        # zero-probability classes, so the draw can never land on the true class c (soft[:, c] = 0).
+        u = rng.random(k)[:, None] * cum[:, -1:]
+        targets = (u >= cum).sum(axis=1)
         noisy[idx[chosen]] = targets
     return noisy, T
 

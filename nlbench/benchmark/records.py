@@ -63,9 +63,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions: the user's to fix, so one line rather than a traceback
+        Path(tmp).unlink(missing_ok=True)
+        raise NLBenchError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ensure_runs_dir(results_dir: str | os.PathLike) -> Path:
+    """Create ``<results_dir>/runs`` or raise :class:`NLBenchError`: called before training, so an unwritable
+    results dir costs nothing rather than a whole run."""
+    folder = runs_dir(results_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NLBenchError(f"cannot write to {folder}: {e.strerror or e}") from None
+    return folder
 
 
 def write_record(results_dir: str | os.PathLike, record: dict) -> Path:

@@ -39,7 +39,7 @@ def make_splits(labels: np.ndarray, num_classes: int, meta_size: int, val_size: 
     if short:
         c = short[0]
         raise NLBenchError(f"meta size {meta_size} needs {quota[c]} samples of class {c}, which has only "
-                           f"{counts[c]} training samples (at most {int(counts.min()) - 1} per class possible)")
+                           f"{counts[c]} training samples (at most {max(int(counts.min()) - 1, 0)} per class possible)")
     meta = np.concatenate([rng.choice(np.flatnonzero(labels == c), size=quota[c], replace=False)
                            for c in range(num_classes)]).astype(np.int64)
     rest = np.setdiff1d(np.arange(n), meta)

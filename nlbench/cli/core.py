@@ -42,27 +42,31 @@ DataRoot = Annotated[Path | None, typer.Option(help="Folder with the data files 
 @app.command()
 def run(
     method: Annotated[str, typer.Option(help="Method name (see `nlbench list methods`).")] = "erm",
-    noise: Annotated[str, typer.Option(help="Noise spec, e.g. sym40, pairflip45, idn40, clean.")] = "clean",
-    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "fashion-mnist",
-    model: Annotated[str | None, typer.Option(help="Model name (default: the dataset's).")] = None,
+    noise: Annotated[str | None, typer.Option(help="Noise spec, e.g. sym40, pairflip45, idn40, clean.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Named protocol (see `nlbench list presets`); explicit "
+                                                    "options override it.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name [default: fashion-mnist].")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name [default: the dataset's].")] = None,
     seed: Seed = 0,
-    noise_seed: Annotated[int | None, typer.Option(min=0, help="Noise seed (default: the training seed).")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, Nesterov momentum).")] = 0.05,
-    momentum: Annotated[float, typer.Option()] = 0.9,
-    weight_decay: Annotated[float, typer.Option()] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
-    milestones: Annotated[str, typer.Option(help="Step-schedule epochs, comma-separated.")] = "",
-    meta_size: Annotated[int, typer.Option(help="Clean meta-set size, carved before noise.")] = 1000,
-    val_size: Annotated[int, typer.Option(help="Noisy validation split size.")] = 0,
-    augment: Annotated[bool, typer.Option(help="Random crop + flip on the device.")] = False,
+    noise_seed: Annotated[int | None, typer.Option(min=0, help="Noise seed [default: the training seed].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: 4].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 128].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate, SGD with momentum [default: 0.05].")] = None,
+    momentum: Annotated[float | None, typer.Option(help="[default: 0.9]")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="[default: 5e-4]")] = None,
+    schedule: Annotated[str | None, typer.Option(help="cosine, step or constant [default: cosine].")] = None,
+    milestones: Annotated[str | None, typer.Option(help="Step-schedule epochs, comma-separated.")] = None,
+    meta_size: Annotated[int | None, typer.Option(help="Clean meta-set size, carved before noise "
+                                                       "[default: 1000].")] = None,
+    val_size: Annotated[int | None, typer.Option(help="Noisy validation split size [default: 0].")] = None,
+    augment: Annotated[bool | None, typer.Option(help="Random crop + flip on the device.")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="Method option key=value (repeatable).")] = None,
     data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where records go (records land in DIR/runs/).")] = DEFAULT_RESULTS,
     data_root: DataRoot = None,
     download: Annotated[bool, typer.Option(help="Download missing data (needs internet).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
     force: Annotated[bool, typer.Option(help="Rerun even if a finished record exists.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on a terminal.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole record as JSON.")] = False,
@@ -72,24 +76,32 @@ def run(
     from nlbench.benchmark.harness import train
 
     with user_errors():
-        try:
-            ms = tuple(int(m) for m in milestones.split(",") if m.strip())
-        except ValueError:
-            raise NLBenchError(f"--milestones must be comma-separated integers, got {milestones!r}") from None
-        cfg = RunConfig(method=method, noise=noise, dataset=dataset, model=model, seed=seed, noise_seed=noise_seed,
-                        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        schedule=schedule, milestones=ms, meta_size=meta_size, val_size=val_size, augment=augment,
-                        method_options=parse_options(opt), dataset_options=parse_options(data_opt))
+        given = dict(method=method, noise=noise, dataset=dataset, model=model, seed=seed, noise_seed=noise_seed,
+                     epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                     schedule=schedule, milestones=parse_ints(milestones, "--milestones"), meta_size=meta_size,
+                     val_size=val_size, augment=augment, method_options=parse_options(opt),
+                     dataset_options=parse_options(data_opt))
+        cfg = RunConfig.from_preset(preset, **{k: v for k, v in given.items() if v is not None})
         if download and data_root is None:
             raise NLBenchError("--download needs --data-root (the folder to download into)")
         rec = train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
-                    resume=not force, download=download)
+                    resume=not force, download=download, compile_model=compile_model)
     if as_json:
         print(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}, indent=1, sort_keys=True))
-        return
-    print_summary(rec)
-    if rec["status"] != "ok":
+    else:
+        print_summary(rec)
+    if rec["status"] != "ok":  # exit 1 with --json too, so scripts can tell a diverged run from a finished one
         raise typer.Exit(1)
+
+
+def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    """``"40,80"`` -> ``(40, 80)``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(m) for m in text.split(",") if m.strip())
+    except ValueError:
+        raise NLBenchError(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
 def print_summary(rec: dict) -> None:
@@ -122,11 +134,12 @@ class Kind(StrEnum):
     noises = "noises"
     datasets = "datasets"
     models = "models"
+    presets = "presets"
 
 
 @app.command("list")
 def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")] = Kind.methods) -> None:
-    """List registered methods, noises, datasets or models."""
+    """List registered methods, noises, datasets, models (backbones) or presets."""
     with user_errors():
         rows = registry_rows(kind.value)
     table = Table(show_header=True)
@@ -158,6 +171,10 @@ def registry_rows(kind: str) -> list[tuple[str, str]]:
         from nlbench.benchmark.noise import NOISES, list_noises
 
         return [(n, _first_line(NOISES.get(n.removesuffix("NN")))) for n in list_noises()]
+    if kind == "presets":
+        from nlbench.benchmark.config import PRESETS
+
+        return [(n, ", ".join(f"{k}={v}" for k, v in PRESETS.get(n).items())) for n in PRESETS.list()]
     if kind == "datasets":
         from nlbench.datasets import DATASETS
 

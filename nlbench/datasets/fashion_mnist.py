@@ -1,14 +1,16 @@
 """Fashion-MNIST from the standard gzipped IDX files.
 
-Search order: the data root (``--data-root`` / ``$NLBENCH_DATA_ROOT``, where the files may sit directly or in a
-``fashion-mnist/`` sub-folder), else Debian's ``dataset-fashion-mnist`` in /usr/share/datasets/fashion-mnist,
-else, with ``download=True``, torchvision's downloader into the data root. An explicit root is never silently
-swapped for the Debian copy: if it lacks the files, that is an error (unless ``download=True``).
+Search order: the data root (``--data-root`` / ``$NLBENCH_DATA_ROOT``, where the files may sit directly, in a
+``fashion-mnist/`` sub-folder or in torchvision's ``FashionMNIST/raw/``), else Debian's ``dataset-fashion-mnist``
+in /usr/share/datasets/fashion-mnist, else, with ``download=True``, torchvision's downloader into the data root.
+An explicit root is never silently swapped for the Debian copy: if it lacks the files, that is an error (unless
+``download=True``). The expected item counts live in :data:`FILES` (tests patch them to read tiny fake files).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -39,8 +41,9 @@ FIX = ("install Debian's package (apt-get install dataset-fashion-mnist), point 
        "with the four .gz files, or pass --download")
 
 
-def read_idx(path: Path, expected_count: int | None = None) -> np.ndarray:
-    """Read a gzipped (or plain) IDX ubyte file into a uint8 array, checking magic number and size."""
+def read_idx(path: Path, expected_count: int | None = None, ndim: int | None = None) -> np.ndarray:
+    """Read a gzipped (or plain) IDX ubyte file into a uint8 array, checking magic number, ``ndim`` (1 for
+    labels, 3 for images, if given), size and ``expected_count`` items."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
@@ -52,14 +55,21 @@ def read_idx(path: Path, expected_count: int | None = None) -> np.ndarray:
     if len(raw) < 8:
         raise DataError(f"truncated data file {path} ({len(raw)} bytes): delete it and {FIX}")
     magic = struct.unpack(">I", raw[:4])[0]
-    ndim = magic & 0xFF
-    if (magic >> 8) != 0x08 or ndim not in _MAGIC:
+    ndim_found = magic & 0xFF
+    if (magic >> 8) != 0x08 or ndim_found not in _MAGIC:
         raise DataError(f"data file {path} has wrong magic number {magic:#x} (not a ubyte IDX file): {FIX}")
-    header = 4 + 4 * ndim
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    n = int(np.prod(dims))
+    if ndim is not None and ndim_found != ndim:
+        raise DataError(f"data file {path} has magic number {magic} ({ndim_found}-d), expected {_MAGIC[ndim]} "
+                        f"({ndim}-d): {FIX}")
+    header = 4 + 4 * ndim_found
+    if len(raw) < header:
+        raise DataError(f"truncated data file {path} ({len(raw)} bytes, header alone is {header}): delete it "
+                        f"and {FIX}")
+    dims = struct.unpack(f">{ndim_found}I", raw[4:header])
+    n = math.prod(dims)
     if len(raw) - header != n:
-        raise DataError(f"truncated data file {path}: {len(raw) - header} of {n} bytes; delete it and {FIX}")
+        what = "truncated" if len(raw) - header < n else "oversized"
+        raise DataError(f"{what} data file {path}: {len(raw) - header} of {n} bytes; delete it and {FIX}")
     if expected_count is not None and dims[0] != expected_count:
         raise DataError(f"data file {path} holds {dims[0]} items, expected {expected_count}: {FIX}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
@@ -67,7 +77,10 @@ def read_idx(path: Path, expected_count: int | None = None) -> np.ndarray:
 
 def _find_folder(root: Path | None, download: bool) -> Path:
     names = [name for name, _ in FILES.values()]
-    candidates = [root, root / "fashion-mnist"] if root is not None else [DEBIAN_DATASETS / "fashion-mnist"]
+    # root/FashionMNIST/raw is where torchvision's downloader leaves the .gz files: without it a root filled
+    # by --download would be "missing" the files on the next run without --download.
+    candidates = ([root, root / "fashion-mnist", root / "FashionMNIST" / "raw"] if root is not None
+                  else [DEBIAN_DATASETS / "fashion-mnist"])
     for folder in candidates:
         if all((folder / n).exists() for n in names):
             return folder
@@ -79,16 +92,18 @@ def _find_folder(root: Path | None, download: bool) -> Path:
         torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
         return root / "FashionMNIST" / "raw"
-    where = candidates[-1]
+    where = candidates[0]
     missing = next(n for n in names if not (where / n).exists())
-    raise DataError(f"missing data file {where / missing}: {FIX}")
+    also = f" (also looked in {', '.join(str(c) for c in candidates[1:])})" if len(candidates) > 1 else ""
+    raise DataError(f"missing data file {where / missing}{also}: {FIX}")
 
 
 @register_dataset("fashion-mnist")
 def fashion_mnist(root: Path | None, download: bool = False) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28x28 images of 10 clothing classes."""
     folder = _find_folder(root, download)
-    arrays = {key: read_idx(folder / name, count) for key, (name, count) in FILES.items()}
+    arrays = {key: read_idx(folder / name, count, ndim=3 if key.endswith("images") else 1)
+              for key, (name, count) in FILES.items()}
     return Dataset(
         name="fashion-mnist",
         x_train=torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),

@@ -1,0 +1,226 @@
+"""The training loop end to end on tiny synthetic data: record contents, atomic writes, resume, determinism, LR
+schedules, divergence and the record schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nlbench
+from nlbench.benchmark import harness, records
+from nlbench.benchmark.config import RunConfig
+from nlbench.benchmark.harness import lr_at, train
+from nlbench.benchmark.records import atomic_write_text, load_record, scan_records, validate_record, write_record
+from nlbench.errors import NLBenchError
+from nlbench.methods import Method, StepOutput
+
+EPOCHS = 3
+
+
+def tiny_config(**kw) -> RunConfig:
+    base = dict(method="erm", noise="sym40", dataset="synthetic", epochs=EPOCHS, batch_size=64, meta_size=40,
+                lr=0.05, dataset_options={"n_train": 400, "n_test": 100})
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def record(run_dir):
+    return train(tiny_config(), device="cpu", results_dir=run_dir)
+
+
+def test_record_keys_and_values(record):
+    assert {"method", "noise", "dataset", "seed", "status", "config", "env", "noise_report", "history", "final",
+            "wall_time_s", "config_hash", "run_name", "sizes", "model", "path"} <= set(record)
+    assert (record["method"], record["noise"], record["dataset"], record["model"]) == ("erm", "sym40", "synthetic",
+                                                                                      "mlp")
+    assert (record["seed"], record["noise_seed"], record["status"]) == (0, 0, "ok")
+    assert record["config"] == tiny_config().to_dict()
+    env = record["env"]
+    assert env["nlbench"] == nlbench.__version__ and env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert env["git_sha"] is None or re.fullmatch(r"[0-9a-f]{40}", env["git_sha"])
+    # 400 train, 10 meta per class; 90 per class in the pool, 36 flipped each
+    assert record["sizes"] == {"pool": 360, "meta": 40, "val": 0, "test": 100, "train": 360}
+    assert record["noise_report"]["realised_rate"] == 0.4
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+    for h in record["history"]:
+        assert 0 <= h["test_acc"] <= 1 and h["epoch_time_s"] > 0 and math.isfinite(h["train_loss"])
+        assert math.isnan(h["val_acc"])  # no validation split
+    accs = [h["test_acc"] for h in record["history"]]
+    f = record["final"]
+    assert f["last_acc"] == accs[-1] and f["best_acc"] == max(accs) and f["epochs_done"] == EPOCHS
+    assert f["last5_acc"] == pytest.approx(sum(accs) / 3, abs=1e-15)
+    assert accs[f["best_epoch"] - 1] == f["best_acc"]
+    assert f["last_acc"] > 0.5  # 4 well-separated Gaussians: learnt something despite 40% noise
+    assert record["wall_time_s"] >= sum(h["epoch_time_s"] for h in record["history"])
+    assert validate_record(record) == []
+
+
+def test_atomic_write(record, run_dir):
+    cfg = tiny_config()
+    files = sorted(p.name for p in (run_dir / "runs").iterdir())
+    assert files == [f"synthetic__erm__sym40__s0__{cfg.hash()}.json"]  # no temp files left
+    assert record["path"] == str(run_dir / "runs" / files[0])
+    on_disk = load_record(record["path"])
+    assert on_disk["config_hash"] == cfg.hash() and on_disk["final"] == record["final"]
+    assert on_disk["history"][0]["val_acc"] is None  # NaN stored as JSON null
+
+
+def refuse_to_train(*args, **kwargs):
+    """Stands in for ``create_model`` where a test proves that no training starts."""
+    raise RuntimeError("trained")
+
+
+def test_resume_returns_the_stored_record_without_training(record, run_dir, monkeypatch):
+    monkeypatch.setattr(harness, "create_model", refuse_to_train)
+    again = train(tiny_config(), device="cpu", results_dir=run_dir)
+    assert again["resumed"] is True
+    assert again["final"] == record["final"] and again["created"] == record["created"]
+    assert again["path"] == record["path"]
+    with pytest.raises(RuntimeError, match="trained"):
+        train(tiny_config(), device="cpu", results_dir=run_dir, resume=False)
+    with pytest.raises(RuntimeError, match="trained"):  # a different config is a different run
+        train(tiny_config(seed=1), device="cpu", results_dir=run_dir)
+
+
+def test_resume_ignores_a_broken_record(record, run_dir, monkeypatch, tmp_path):
+    path = tmp_path / "runs" / f"{tiny_config().run_name()}.json"
+    path.parent.mkdir()
+    path.write_text('{"schema": 1')
+    monkeypatch.setattr(harness, "create_model", refuse_to_train)
+    with pytest.raises(RuntimeError, match="trained"):
+        train(tiny_config(), device="cpu", results_dir=tmp_path)
+
+
+def test_same_config_twice_is_identical(record):
+    again = train(tiny_config(), device="cpu")
+    keys = ("test_acc", "train_loss", "lr")
+    assert [[h[k] for k in keys] for h in again["history"]] == [[h[k] for k in keys] for h in record["history"]]
+    assert again["final"] == record["final"]
+    assert "path" not in again
+
+
+def test_training_seed_changes_training(record):
+    other = train(tiny_config(seed=1, noise_seed=0), device="cpu")
+    assert other["noise_report"] == record["noise_report"]  # same noise ...
+    assert [h["train_loss"] for h in other["history"]] != [h["train_loss"] for h in record["history"]]  # ... not run
+
+
+def test_cosine_schedule():
+    cfg = tiny_config(lr=0.2, epochs=2, schedule="cosine")
+    assert [lr_at(cfg, s, 5) for s in (0, 5)] == [0.2, pytest.approx(0.1)]
+    assert lr_at(cfg, 10, 5) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(cfg, 2, 5) == pytest.approx(0.1 * (1 + math.cos(math.pi * 0.2)))
+
+
+def test_step_schedule():
+    cfg = tiny_config(lr=1.0, epochs=6, schedule="step", milestones=(2, 4), gamma=0.1)
+    assert [lr_at(cfg, s, 3) for s in (0, 5, 6, 11, 12, 17)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_at(tiny_config(lr=0.3, schedule="constant"), 99, 3) == 0.3
+
+
+def test_history_records_the_schedule():
+    rec = train(tiny_config(epochs=2, schedule="step", milestones=(1,), gamma=0.5, lr=0.02), device="cpu")
+    assert [h["lr"] for h in rec["history"]] == [0.02, 0.01]
+
+
+class NaNAtEpoch(Method):
+    """Cross-entropy until ``epoch``, then NaN."""
+
+    reweights = True
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def step(self, batch, model):
+        loss = F.cross_entropy(model(batch.x), batch.y)
+        if batch.epoch >= self.epoch:
+            loss = loss * float("nan")
+        return StepOutput(loss, torch.ones(len(batch.y)))
+
+
+def test_nan_loss_fails_the_run_with_reason_and_epoch(monkeypatch, tmp_path):
+    # Swapped in rather than registered, so other tests that iterate over every method never see it.
+    monkeypatch.setattr(harness, "create_method", lambda name, **opts: NaNAtEpoch(2))
+    rec = train(tiny_config(), device="cpu", results_dir=tmp_path)
+    assert rec["status"] == "failed"
+    assert rec["error"] == {"reason": "non-finite training loss (nan) in epoch 2", "epoch": 2}
+    assert [h["epoch"] for h in rec["history"]] == [1]
+    assert rec["final"]["epochs_done"] == 1 and rec["final"]["last_acc"] == rec["history"][0]["test_acc"]
+    h = rec["history"][0]  # weight telemetry of a reweighting method: all weights 1
+    assert (h["w_clean_mean"], h["w_noisy_mean"], h["w_seen"]) == (1.0, 1.0, 360)
+    assert validate_record(load_record(rec["path"])) == []
+
+
+def test_huge_lr_diverges_in_the_first_epoch():
+    rec = train(tiny_config(lr=1e30, schedule="constant"), device="cpu")
+    assert rec["status"] == "failed" and rec["error"]["epoch"] == 1
+    assert rec["error"]["reason"].startswith("non-finite training loss")
+    assert rec["history"] == [] and rec["final"] == {}
+    assert validate_record(rec) == []  # a failed run needs no final accuracies
+
+
+def test_validate_record_on_broken_records(record):
+    good = json.loads(json.dumps(record, default=str))
+    assert validate_record(good) == []
+    assert validate_record([1, 2]) == ["record is not a JSON object"]
+
+    def broken(mutate) -> list[str]:
+        rec = copy.deepcopy(good)
+        mutate(rec)
+        return validate_record(rec)
+
+    assert broken(lambda r: r.pop("final")) == ["missing key 'final'"]
+    assert broken(lambda r: r.pop("env")) == ["missing key 'env'"]
+    assert broken(lambda r: r.update(seed="0")) == ["key 'seed' has type str"]
+    assert broken(lambda r: r.update(wall_time_s=None)) == ["key 'wall_time_s' has type NoneType"]
+    assert broken(lambda r: r.update(status="done")) == ["status 'done' is not one of ('ok', 'failed')"]
+    assert broken(lambda r: r["history"][1].pop("test_acc")) == ["history[1] lacks epoch/test_acc/epoch_time_s"]
+    assert broken(lambda r: r["final"].pop("last5_acc")) == ["final lacks last_acc/best_acc/last5_acc"]
+
+
+def test_scan_records_reports_problems(record, tmp_path):
+    good = json.loads(json.dumps(record, default=str))
+    write_record(tmp_path, good)
+    runs = tmp_path / "runs"
+    dup = dict(good, run_name=good["run_name"] + "_copy")  # sorts after the original
+    write_record(tmp_path, dup)
+    (runs / "bad.json").write_text("{not json")
+    (runs / ".x.json.tmp-123").write_text("{")
+    recs, problems = scan_records(tmp_path)
+    assert [r["run_name"] for r in recs] == [good["run_name"]]
+    found = {p.path.name: p.problem for p in problems}
+    assert set(found) == {"bad.json", ".x.json.tmp-123", dup["run_name"] + ".json"}
+    assert found["bad.json"].startswith("unreadable: ") and found[".x.json.tmp-123"] == "orphaned temp file"
+    assert found[dup["run_name"] + ".json"].startswith(f"duplicate config hash {good['config_hash']}")
+
+
+def test_unwritable_results_dir_fails_before_training(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(harness, "create_model", refuse_to_train)
+    with pytest.raises(NLBenchError, match=rf"^cannot write to {blocker / 'results' / 'runs'}: Not a directory$"):
+        train(tiny_config(), device="cpu", results_dir=blocker / "results")
+
+
+def test_failed_write_leaves_neither_record_nor_temp_file(tmp_path, monkeypatch):
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    target = tmp_path / "runs" / "r.json"
+    atomic_write_text(target, "old\n")
+    monkeypatch.setattr(records.os, "replace", full_disk)
+    with pytest.raises(NLBenchError, match=rf"^cannot write {target}: No space left on device$"):
+        atomic_write_text(target, "new\n")
+    assert [p.name for p in target.parent.iterdir()] == ["r.json"] and target.read_text() == "old\n"
