@@ -1,0 +1,429 @@
+"""The leaderboard: per-setting statistics over seeds and ranks across settings, rendered as Markdown.
+
+Records are grouped into *sections*, one per protocol (the run config without method, noise, seed and method
+options: dataset, model, epochs, batch size, learning rate and schedule, meta size, ...), so runs made under
+different protocols are never averaged together. Within a section a *setting* is a noise spec; ``clean`` is
+the reference setting (shown apart, never ranked). Per setting and method (a method run with non-default
+options is its own entry, ``name[key=value]``):
+
+* last-epoch test accuracy (the primary number): mean ± sample std over the seeds whose run finished, ``n``,
+  and the 95% Student-t interval (:func:`stats.t_interval`); failed runs are not averaged in but are counted
+  in their own column, never hidden;
+* best-epoch accuracy, labelled "best epoch (optimistic)": it picks the epoch by test accuracy;
+* a paired t-test against ``erm`` over the seeds both have, Holm-adjusted across the methods of the setting
+  (the oracle is not part of the family);
+* methods statistically tied with the best (:func:`stats.tied_with_best`; the oracle cannot be best) in bold;
+* cost: mean epoch time relative to ``erm`` in the same setting.
+
+Across the settings of a section: average ranks, the Friedman test and the Nemenyi critical difference over
+the settings where every ranked method has a result (oracle excluded, listed with ``[ORACLE]``).
+
+Rendering is deterministic: fixed float formats, fixed sort orders with name tie-breakers and no current
+time, so the same records (in any order) give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nlbench.benchmark import stats
+
+BASELINE = "erm"
+REFERENCE_NOISE = "clean"
+ORACLE_TAG = "[ORACLE]"
+#: config keys that vary within a section; everything else in the config is the section's protocol
+PER_RUN_KEYS = ("method", "noise", "seed", "method_options", "record_options")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def noise_sort_key(noise: str) -> tuple:
+    """``clean`` first, then by kind and numeric rate: sym20 < sym50 < sym80 < sym100 (not lexicographic)."""
+    m = re.match(r"^(.*?)(\d+(?:\.\d+)?)$", noise)
+    kind, rate = (m.group(1), float(m.group(2))) if m else (noise, -1.0)
+    return (noise != REFERENCE_NOISE, kind, rate, noise)
+
+
+def method_label(record: dict) -> str:
+    """``erm``, or ``surrogate[alpha=0.5]`` for a run given method options (a different entry)."""
+    opts = (record.get("config") or {}).get("method_options") or {}
+    if not opts:
+        return record["method"]
+    inner = ",".join(f"{k}={json.dumps(opts[k], sort_keys=True)}" for k in sorted(opts))
+    return f"{record['method']}[{inner}]"
+
+
+def protocol_of(record: dict) -> dict[str, Any]:
+    """The record's config without the per-run keys: what must be equal for runs to be compared."""
+    cfg = dict(record.get("config") or {})
+    for key in PER_RUN_KEYS:
+        cfg.pop(key, None)
+    cfg.setdefault("dataset", record["dataset"])
+    cfg.setdefault("model", record["model"])
+    return cfg
+
+
+def _protocol_id(protocol: dict) -> str:
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v is not None else math.nan
+
+
+def _mean_epoch_time(history: list) -> float:
+    times = [_num(h.get("epoch_time_s")) for h in history if isinstance(h, dict)]
+    times = [t for t in times if math.isfinite(t)]
+    return float(np.mean(times)) if times else math.nan
+
+
+def plot_file(slug: str, noise: str | None, kind: str) -> str:
+    """Stable PNG names shared by :mod:`nlbench.benchmark.plots` and the leaderboard's links:
+    ``<slug>__<noise>__acc.png``, ``<slug>__<noise>__weights.png``, ``<slug>__cd.png``."""
+    return f"{slug}__{noise}__{kind}.png" if noise else f"{slug}__{kind}.png"
+
+
+# -------------------------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Tables:
+    """The leaderboard's numbers as DataFrames (all fractions, not percent).
+
+    * ``runs``: one row per record (``section``, ``noise``, ``method`` label, ``seed``, ``status``, ``oracle``,
+      ``last_acc``/``best_acc``/``last5_acc`` (NaN unless ok), ``epoch_time``, ``realised_rate``,
+      ``has_weights`` (weight telemetry in the history), ...).
+    * ``cells``: one row per (section, noise, method): ``n_runs``, ``n_failed``, ``n``, ``mean``, ``std``,
+      ``lo``/``hi`` (95% t-interval), ``best_mean``/``best_std``, ``delta_vs_erm``, ``n_pairs``, ``p_vs_erm``,
+      ``p_holm``, ``is_best``, ``tied``, ``epoch_time``, ``cost`` (epoch time / erm's), ``reference``.
+    * ``ranks``: one row per (section, ranked method): ``avg_rank``, ``mean_acc`` over ranked settings,
+      ``cost`` (mean over settings shared with erm of the method's epoch time / erm's).
+    * ``tests``: one row per section: Friedman ``chi2``, ``p``, ``n_settings``, ``k_methods``, Nemenyi ``cd``.
+    * ``sections``: one row per section: ``slug`` (plot names), ``protocol`` (dict), ``seeds``, ``hashes``.
+    """
+
+    runs: pd.DataFrame
+    cells: pd.DataFrame
+    ranks: pd.DataFrame
+    tests: pd.DataFrame
+    sections: pd.DataFrame
+
+
+def _runs_frame(records: Iterable[dict]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    rows, protocols = [], {}
+    for rec in records:
+        protocol = protocol_of(rec)
+        sid = _protocol_id(protocol)
+        protocols[sid] = protocol
+        final = rec.get("final") or {}
+        ok = rec.get("status") == "ok"
+        rows.append({
+            "section": sid, "dataset": rec["dataset"], "model": rec["model"], "noise": rec["noise"],
+            "method": method_label(rec), "seed": int(rec["seed"]), "status": rec["status"],
+            "oracle": bool(rec.get("oracle", False)), "config_hash": rec["config_hash"],
+            "last_acc": _num(final.get("last_acc")) if ok else math.nan,
+            "best_acc": _num(final.get("best_acc")) if ok else math.nan,
+            "last5_acc": _num(final.get("last5_acc")) if ok else math.nan,
+            "epoch_time": _mean_epoch_time(rec.get("history") or []) if ok else math.nan,
+            "realised_rate": _num((rec.get("noise_report") or {}).get("realised_rate")),
+            "has_weights": any(isinstance(h, dict) and "w_clean_mean" in h for h in rec.get("history") or []),
+        })
+    cols = ["section", "dataset", "model", "noise", "method", "seed", "status", "oracle", "config_hash",
+            "last_acc", "best_acc", "last5_acc", "epoch_time", "realised_rate", "has_weights"]
+    runs = pd.DataFrame(rows, columns=cols)
+    # Fixed order whatever the input order; two records of one (setting, method, seed) can only differ in
+    # record_options: keep the one with the smaller hash.
+    runs = runs.sort_values(["section", "noise", "method", "seed", "config_hash"], kind="stable")
+    runs = runs.drop_duplicates(["section", "noise", "method", "seed"], keep="first").reset_index(drop=True)
+    return runs, protocols
+
+
+def _slugs(protocols: dict[str, dict]) -> dict[str, str]:
+    base = {sid: f"{p['dataset']}__{p['model']}__e{p.get('epochs')}" for sid, p in protocols.items()}
+    counts: dict[str, int] = {}
+    for s in base.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {sid: s if counts[s] == 1 else f"{s}__{sid}" for sid, s in base.items()}
+
+
+def _series(group: pd.DataFrame, column: str = "last_acc") -> pd.Series:
+    return pd.Series(group[column].to_numpy(float), index=group["seed"].to_numpy())
+
+
+def _setting_cells(section: str, noise: str, runs: pd.DataFrame, alpha: float) -> list[dict]:
+    by_method = {m: g for m, g in runs.groupby("method", sort=True)}
+    base = by_method.get(BASELINE)
+    base_time = float(base["epoch_time"].mean()) if base is not None else math.nan
+    cells = []
+    for method, g in by_method.items():
+        oracle = bool(g["oracle"].any())
+        mean, std, n, lo, hi = stats.t_interval(g["last_acc"].to_numpy(float))
+        best_mean, best_std, *_ = stats.t_interval(g["best_acc"].to_numpy(float))
+        delta, p, n_pairs = math.nan, math.nan, 0
+        if base is not None and method != BASELINE:
+            a, b = _series(g).align(_series(base), join="inner")
+            shared = ~(np.isnan(a.to_numpy()) | np.isnan(b.to_numpy()))
+            n_pairs = int(shared.sum())
+            if n_pairs:
+                delta = float(np.mean(a.to_numpy()[shared] - b.to_numpy()[shared]))
+            _, p, _ = stats.paired_test(_series(g), _series(base))
+        epoch_time = float(g["epoch_time"].mean())
+        cells.append({
+            "section": section, "noise": noise, "method": method, "oracle": oracle,
+            "reference": noise == REFERENCE_NOISE, "n_runs": len(g), "n_failed": int((g["status"] != "ok").sum()),
+            "n": n, "mean": mean, "std": std, "lo": lo, "hi": hi, "best_mean": best_mean, "best_std": best_std,
+            "last5_mean": float(np.nanmean(g["last5_acc"])) if n else math.nan,
+            "realised_rate": float(g["realised_rate"].mean()), "delta_vs_erm": delta, "n_pairs": n_pairs,
+            "p_vs_erm": p, "epoch_time": epoch_time,
+            "cost": epoch_time / base_time if base_time > 0 else math.nan,
+        })
+    # Holm across the methods compared with erm in this setting; the oracle is a reference, not a contender.
+    family = [i for i, c in enumerate(cells) if not c["oracle"] and c["method"] != BASELINE]
+    adjusted = stats.holm([cells[i]["p_vs_erm"] for i in family]) if family else []
+    for c in cells:
+        c["p_holm"] = math.nan
+    for i, p_adj in zip(family, adjusted, strict=True):
+        cells[i]["p_holm"] = float(p_adj)
+    contenders = {c["method"]: _series(by_method[c["method"]]) for c in cells if not c["oracle"]}
+    tied = stats.tied_with_best(contenders, alpha=alpha) if contenders else set()
+    means = {m: float(np.nanmean(s)) for m, s in contenders.items() if s.notna().any()}
+    best = max(means, key=lambda m: means[m]) if means else None  # dict order is sorted: ties go to the name
+    for c in cells:
+        c["tied"] = c["method"] in tied
+        c["is_best"] = c["method"] == best
+    return cells
+
+
+def build_tables(records: Iterable[dict], alpha: float = 0.05) -> Tables:
+    """Aggregate valid records (see :func:`nlbench.benchmark.records.scan_records`) into the leaderboard's
+    tables; input order does not matter. ``alpha`` is the level of the tests (ties with the best, CD)."""
+    runs, protocols = _runs_frame(records)
+    slugs = _slugs(protocols)
+    cells: list[dict] = []
+    for (section, noise), g in runs.groupby(["section", "noise"], sort=True):
+        cells += _setting_cells(section, noise, g, alpha)
+    cell_cols = ["section", "noise", "method", "oracle", "reference", "n_runs", "n_failed", "n", "mean", "std",
+                 "lo", "hi", "best_mean", "best_std", "last5_mean", "realised_rate", "delta_vs_erm", "n_pairs",
+                 "p_vs_erm", "p_holm", "is_best", "tied", "epoch_time", "cost"]
+    cells_df = pd.DataFrame(cells, columns=cell_cols)
+
+    rank_rows, test_rows, section_rows = [], [], []
+    for sid in sorted(protocols, key=lambda s: (slugs[s], s)):
+        sec_runs = runs[runs["section"] == sid]
+        section_rows.append({"section": sid, "slug": slugs[sid], "protocol": protocols[sid],
+                             "seeds": sorted(set(sec_runs["seed"].tolist())),
+                             "hashes": sorted(sec_runs["config_hash"].tolist())})
+        sc = cells_df[(cells_df["section"] == sid) & ~cells_df["reference"] & ~cells_df["oracle"]]
+        scores = sc.pivot(index="noise", columns="method", values="mean")
+        scores = scores.reindex(index=sorted(scores.index, key=noise_sort_key), columns=sorted(scores.columns))
+        if scores.shape[1] == 0:
+            continue
+        ranks = stats.average_ranks(scores)
+        complete = scores.dropna(axis=0, how="any")
+        chi2, p, n_set, k = stats.friedman(scores)
+        cd = stats.nemenyi_cd(k, n_set, alpha) if k >= 2 and n_set >= 1 else math.nan
+        test_rows.append({"section": sid, "chi2": chi2, "p": p, "n_settings": n_set, "k_methods": k, "cd": cd})
+        times = sc.pivot(index="noise", columns="method", values="epoch_time")
+        for method in scores.columns:
+            cost = math.nan
+            if BASELINE in times.columns:
+                both = pd.DataFrame({"m": times[method], "erm": times[BASELINE]}).dropna()
+                if len(both) and both["erm"].mean() > 0:
+                    cost = float(both["m"].mean() / both["erm"].mean())
+            rank_rows.append({"section": sid, "method": method, "avg_rank": float(ranks[method]),
+                              "mean_acc": float(complete[method].mean()) if len(complete) else math.nan,
+                              "n_settings": n_set, "cost": cost})
+    ranks_df = pd.DataFrame(rank_rows, columns=["section", "method", "avg_rank", "mean_acc", "n_settings", "cost"])
+    tests_df = pd.DataFrame(test_rows, columns=["section", "chi2", "p", "n_settings", "k_methods", "cd"])
+    sections_df = pd.DataFrame(section_rows, columns=["section", "slug", "protocol", "seeds", "hashes"])
+    return Tables(runs, cells_df, ranks_df, tests_df, sections_df)
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def fmt_pct(v: float) -> str:
+    """A fraction as a percentage with 2 decimals; ``—`` for NaN."""
+    return "—" if not math.isfinite(v) else f"{100 * v:.2f}"
+
+
+def fmt_p(p: float) -> str:
+    """p-values: 3 decimals, scientific below 0.001, ``—`` when no test was possible."""
+    if not math.isfinite(p):
+        return "—"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def fmt_mean_std(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    return f"{fmt_pct(mean)} ± {fmt_pct(std)}" if math.isfinite(std) else fmt_pct(mean)
+
+
+def _name(method: str, oracle: bool) -> str:
+    return f"{method} {ORACLE_TAG}" if oracle else method
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], right_from: int = 1) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i < right_from else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _cell_order(cells: pd.DataFrame) -> pd.DataFrame:
+    # contenders by mean (best first, no result last), the name breaking ties; oracles after them
+    key = cells.assign(_o=cells["oracle"].astype(int), _m=-cells["mean"].fillna(-np.inf))
+    return key.sort_values(["_o", "_m", "method"], kind="stable")
+
+
+def _epochs(protocol: dict) -> str:
+    n = protocol.get("epochs")
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def _protocol_line(protocol: dict, seeds: list[int], readme: str) -> str:
+    p = protocol
+    sched = p.get("schedule", "?")
+    if sched == "step":
+        sched += f" ×{p.get('gamma')} at epochs {', '.join(str(m) for m in p.get('milestones') or [])}"
+    parts = [f"dataset `{p['dataset']}`", f"model `{p['model']}`", _epochs(p),
+             f"batch {p.get('batch_size')}",
+             f"SGD lr {p.get('lr')} ({sched} schedule, momentum {p.get('momentum')}, "
+             f"weight decay {p.get('weight_decay')})",
+             f"clean meta set {p.get('meta_size')}", f"noisy validation {p.get('val_size')}",
+             f"augmentation {'on' if p.get('augment') else 'off'}",
+             f"seeds {', '.join(str(s) for s in seeds)}"]
+    if p.get("noise_seed") is not None:
+        parts.append(f"noise seed fixed at {p['noise_seed']}")
+    if p.get("dataset_options"):
+        parts.append("dataset options " + ", ".join(f"{k}={json.dumps(v)}" for k, v in
+                                                   sorted(p["dataset_options"].items())))
+    return (f"**Protocol.** {'; '.join(parts)}. Noise definitions: [{readme}#noise]({readme}#noise).")
+
+
+def _wall_time_lines(hashes: set[str], grid_logs: Sequence[dict]) -> list[str]:
+    lines = []
+    for log in sorted(grid_logs, key=lambda g: str(g.get("name"))):
+        covered = hashes & set(log.get("config_hashes") or [])
+        if not covered:
+            continue
+        total = len(log.get("config_hashes") or [])
+        cum = _num(log.get("cumulative_wall_time_s"))
+        cum_s = f"; cumulative {cum:.1f} s over {log.get('invocations', '?')} invocation(s)" \
+            if math.isfinite(cum) else ""
+        if math.isfinite(_num(log.get("wall_time_s"))):
+            lines.append(f"- grid `{log.get('name')}` ({len(covered)} of its {total} runs shown here): "
+                         f"measured wall time {_num(log['wall_time_s']):.1f} s for the invocation that completed "
+                         f"it ({log.get('runs_in_last_invocation', '?')} runs, finished {log.get('finished')})"
+                         f"{cum_s}.")
+        else:
+            lines.append(f"- grid `{log.get('name')}` ({len(covered)} of its {total} runs shown here): "
+                         f"not completed yet{cum_s}.")
+    return lines or ["- no grid log covers these records (runs made with `nlbench run`)."]
+
+
+def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), *, plots_dir: str = "results/plots",
+                       readme: str = "README.md", alpha: float = 0.05, title: str = "nlbench leaderboard",
+                       tables: Tables | None = None) -> str:
+    """The leaderboard as Markdown (see the module docstring for what it reports).
+
+    ``grid_logs`` are the grid logs (:func:`nlbench.benchmark.grid.read_grid_logs`) whose measured wall time is
+    stated for the sections they cover; ``plots_dir`` and ``readme`` are the link targets as seen from where
+    the Markdown will live. Pass ``tables`` to reuse :func:`build_tables` output.
+    """
+    records = list(records)
+    t = tables if tables is not None else build_tables(records, alpha=alpha)
+    n_ok = int((t.runs["status"] == "ok").sum())
+    out = [f"# {title}", "",
+           f"Generated by `nlbench leaderboard` from {len(t.runs)} run records ({n_ok} ok, "
+           f"{len(t.runs) - n_ok} failed). Primary metric: **test accuracy at the last epoch** (%), mean ± sample "
+           "std over seeds; `n` counts finished runs, failed runs (e.g. divergence) are listed per cell and not "
+           "averaged in. 95% CI: Student-t interval of the mean. *Best epoch (optimistic)* picks the epoch by "
+           "test accuracy, as much of the literature does, and overstates what a method delivers. "
+           f"Δ vs erm: mean paired difference over shared seeds; p: paired t-test against `erm`, Holm-adjusted "
+           f"across the methods of the setting. **Bold**: the best method of the setting or statistically tied "
+           f"with it (paired t-test, Holm, α = {alpha}). Epoch time × erm: mean epoch time relative to `erm` in "
+           f"the same setting. {ORACLE_TAG} methods read ground truth: they are upper bounds, never best and never "
+           "ranked.", ""]
+    if t.runs.empty:
+        out += ["No records yet: run `nlbench grid` first.", ""]
+        return "\n".join(out)
+    for sec in t.sections.itertuples(index=False):
+        slug, protocol = sec.slug, sec.protocol
+        cells = t.cells[t.cells["section"] == sec.section]
+        out += [f"## {protocol['dataset']} · {protocol['model']} · {_epochs(protocol)}", "",
+                _protocol_line(protocol, sec.seeds, readme), "", "**Measured wall time.**", ""]
+        out += _wall_time_lines(set(sec.hashes), grid_logs)
+        out.append("")
+        ref = cells[cells["reference"]]
+        if len(ref):
+            out += ["### Clean reference (no label noise)", ""]
+            rows = [[_name(c.method, c.oracle), fmt_mean_std(c.mean, c.std), str(c.n),
+                     f"[{fmt_pct(c.lo)}, {fmt_pct(c.hi)}]", fmt_mean_std(c.best_mean, c.best_std), str(c.n_failed)]
+                    for c in ref.sort_values(["oracle", "method"]).itertuples(index=False)]
+            out += _table(["method", "last epoch acc (%)", "n", "95% CI", "best epoch (optimistic)", "failed"],
+                          rows)
+            out.append("")
+        noises = sorted(set(cells.loc[~cells["reference"], "noise"]), key=noise_sort_key)
+        for noise in noises:
+            nc = _cell_order(cells[cells["noise"] == noise])
+            rate = float(nc["realised_rate"].mean())
+            out += [f"### {noise} (realised noise rate {fmt_pct(rate)}%)", ""]
+            rows = []
+            for c in nc.itertuples(index=False):
+                acc = fmt_mean_std(c.mean, c.std)
+                rows.append([_name(c.method, c.oracle), f"**{acc}**" if c.tied else acc, str(c.n),
+                             f"[{fmt_pct(c.lo)}, {fmt_pct(c.hi)}]", fmt_mean_std(c.best_mean, c.best_std),
+                             str(c.n_failed),
+                             "—" if not math.isfinite(c.delta_vs_erm) else f"{100 * c.delta_vs_erm:+.2f}",
+                             fmt_p(c.p_holm), "—" if not math.isfinite(c.cost) else f"{c.cost:.2f}"])
+            out += _table(["method", "last epoch acc (%)", "n", "95% CI", "best epoch (optimistic)", "failed",
+                           "Δ vs erm", "p vs erm (Holm)", "epoch time × erm"], rows)
+            links = [f"[accuracy per epoch]({plots_dir}/{plot_file(slug, noise, 'acc')})"]
+            sec_runs = t.runs[(t.runs["section"] == sec.section) & (t.runs["noise"] == noise)]
+            if sec_runs["has_weights"].any():
+                links.append(f"[weights of clean vs noisy samples]({plots_dir}/{plot_file(slug, noise, 'weights')})"
+                             " (reweighting methods)")
+            out += ["", "Plots: " + " · ".join(links), ""]
+        out += _ranks_section(t, sec.section, cells, plots_dir, slug, alpha)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _ranks_section(t: Tables, section: str, cells: pd.DataFrame, plots_dir: str, slug: str,
+                   alpha: float) -> list[str]:
+    ranks = t.ranks[t.ranks["section"] == section]
+    tests = t.tests[t.tests["section"] == section]
+    oracles = sorted(set(cells.loc[cells["oracle"], "method"]))
+    if ranks.empty:
+        return []
+    out = ["### Ranks across settings", ""]
+    order = ranks.assign(_r=ranks["avg_rank"].fillna(np.inf)).sort_values(["_r", "method"], kind="stable")
+    rows = [[r.method, "—" if not math.isfinite(r.avg_rank) else f"{r.avg_rank:.2f}", fmt_pct(r.mean_acc),
+             "—" if not math.isfinite(r.cost) else f"{r.cost:.2f}"] for r in order.itertuples(index=False)]
+    out += _table(["method", "average rank", "mean last epoch acc (%)", "epoch time × erm"], rows)
+    out.append("")
+    tr = tests.iloc[0]
+    n_set, k = int(tr["n_settings"]), int(tr["k_methods"])
+    out.append(f"Ranks over the {n_set} noisy settings where all {k} ranked methods have a result (rank 1 = best).")
+    if math.isfinite(tr["chi2"]):
+        out.append(f"Friedman test: χ² = {tr['chi2']:.3f}, p = {fmt_p(tr['p'])} (N = {n_set}, k = {k}).")
+    else:
+        out.append(f"Friedman test: not defined (needs k ≥ 3 methods and N ≥ 2 settings; N = {n_set}, k = {k}).")
+    if math.isfinite(tr["cd"]):
+        cd_link = f"{plots_dir}/{plot_file(slug, None, 'cd')}"
+        out.append(f"Nemenyi critical difference (α = {alpha}): CD = {tr['cd']:.3f}; average ranks further apart than "
+                   f"this differ significantly. [critical-difference diagram]({cd_link})")
+    if oracles:
+        out.append("Not ranked: " + ", ".join(_name(m, True) for m in oracles) + " (reads ground truth).")
+    return out + [""]

@@ -1,0 +1,242 @@
+"""``nlbench grid``, ``nlbench leaderboard``, ``nlbench plot`` and ``nlbench results check``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nlbench.cli import app, console, fail, user_errors
+from nlbench.cli.core import DEFAULT_RESULTS, DataRoot, parse_options
+from nlbench.errors import NLBenchError
+
+results_app = typer.Typer(help="Inspect the results folder.", no_args_is_help=True)
+app.add_typer(results_app, name="results")
+
+
+def split_list(value: str | None, what: str) -> tuple[str, ...] | None:
+    """``"a, b,c"`` -> ``("a", "b", "c")``; ``None`` stays ``None``; an empty list is a user error."""
+    if value is None:
+        return None
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise NLBenchError(f"--{what} needs at least one comma-separated value")
+    return items
+
+
+def split_ints(value: str | None, what: str) -> tuple[int, ...] | None:
+    items = split_list(value, what)
+    if items is None:
+        return None
+    try:
+        out = tuple(int(v) for v in items)
+    except ValueError:
+        raise NLBenchError(f"--{what} must be comma-separated integers, got {value!r}") from None
+    if any(v < 0 for v in out):
+        raise NLBenchError(f"--{what} must be non-negative, got {value!r}")
+    return out
+
+
+def make_executor(kind: str, workers: int, ray_address: str | None, cpus_per_run: float, gpus_per_run: float):
+    """The executor named by ``--executor``; Ray is imported only when asked for."""
+    from nlbench.benchmark.grid import LocalExecutor
+
+    if kind == "local":
+        return LocalExecutor(workers)
+    if kind != "ray":
+        raise NLBenchError(f"--executor must be local or ray, got {kind!r}")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise NLBenchError("--executor ray needs Ray: pip install 'nlbench[ray]'") from None
+    try:
+        from nlbench.benchmark.ray_executor import RayExecutor
+    except ImportError as e:
+        raise NLBenchError(f"the Ray executor is not available: {e}") from None
+    return RayExecutor(address=ray_address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
+
+
+def _sigterm_as_interrupt(signum, frame):  # a scheduler's SIGTERM cleans up like Ctrl-C
+    raise KeyboardInterrupt
+
+
+@app.command()
+def grid(
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods, or 'all'.")] = None,
+    noises: Annotated[str | None, typer.Option(help="Comma-separated noise specs, e.g. sym20,pairflip45.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated training seeds (default 0).")] = None,
+    grid_name: Annotated[str | None, typer.Option("--grid", help="A named grid from nlbench/grids.toml "
+                                                                 "(the options above override its fields).")] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the grid log (default: the grid's name, or one "
+                                                  "derived from the configs).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default fashion-mnist).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (default: the dataset's).")] = None,
+    meta_size: Annotated[int | None, typer.Option(help="Clean meta-set size.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
+    workers: Annotated[int, typer.Option(help="Local parallel runs (processes).")] = 1,
+    results_dir: Annotated[Path, typer.Option(help="Where records go (DIR/runs/).")] = DEFAULT_RESULTS,
+    data_root: DataRoot = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address, or 'auto'.")] = None,
+    cpus_per_run: Annotated[float, typer.Option(help="Ray: CPUs reserved per run.")] = 1.0,
+    gpus_per_run: Annotated[float, typer.Option(help="Ray: GPUs reserved per run (fractions share a GPU).")] = 0.0,
+    claim_ttl: Annotated[float, typer.Option(help="Seconds without heartbeat after which another host's claim "
+                                                  "is stale.")] = 3600.0,
+    dry_run: Annotated[bool, typer.Option(help="List the runs and whether they are done; run nothing.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal.")] = True,
+) -> None:
+    """Run a grid of settings, skipping those with a finished record; safe to run twice at once."""
+    from nlbench.benchmark.grid import GridSpec, expand, load_grid, run_grid
+    from nlbench.benchmark.records import find_record
+
+    with user_errors():
+        overrides = {"methods": split_list(methods, "methods"), "noises": split_list(noises, "noises"),
+                     "seeds": split_ints(seeds, "seeds"), "dataset": dataset, "epochs": epochs, "model": model,
+                     "meta_size": meta_size, "batch_size": batch_size, "lr": lr}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        data_options = parse_options(data_opt)
+        if grid_name is not None:
+            spec = load_grid(grid_name)
+            for key, value in given.items():
+                setattr(spec, key, value)
+            if data_options:
+                spec.overrides = {**spec.overrides, "dataset_options": data_options}
+        else:
+            if not (given.get("methods") and given.get("noises")):
+                raise NLBenchError("give --methods and --noises (comma-separated), or a named grid with --grid")
+            spec = GridSpec(name="custom", dataset=given.pop("dataset", "fashion-mnist"),
+                            methods=given.pop("methods"), noises=given.pop("noises"), seeds=given.pop("seeds", (0,)),
+                            overrides={"dataset_options": data_options} if data_options else {}, **given)
+        configs = expand(spec)
+        if name is None:
+            digest = hashlib.sha256(",".join(c.hash() for c in configs).encode()).hexdigest()[:8]
+            name = spec.name if grid_name and not given and not data_options else f"{spec.name}-{digest}"
+        if dry_run:
+            for cfg in configs:
+                done = find_record(results_dir, cfg.run_name()) is not None
+                print(f"{'done' if done else 'todo'} {cfg.run_name()}")
+            print(f"grid {name}: {len(configs)} runs")
+            return
+        ex = make_executor(executor, workers, ray_address, cpus_per_run, gpus_per_run)
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if _main_thread() else None
+        try:
+            summary = run_grid(configs, results_dir, ex, progress=progress, name=name, data_root=data_root,
+                               device=device, claim_ttl=claim_ttl, log=lambda m: print(m, file=sys.stderr))
+        except KeyboardInterrupt as e:
+            s = e.args[0] if e.args else None
+            done = f"{s.finished} of {s.total} runs finished in this call" if s is not None else "interrupted"
+            print(f"interrupted: {done}; claims released, rerun the same command to resume", file=sys.stderr)
+            raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    print(summary.line())
+    if summary.errors and not (summary.done or summary.failed or summary.skipped):
+        messages = {m for _, m in summary.errors}
+        if len(messages) == 1:  # every run hit the same user error (missing data, ...): say it once
+            raise fail(messages.pop())
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _load(results_dir: Path):
+    from nlbench.benchmark.grid import read_grid_logs
+    from nlbench.benchmark.records import scan_records
+
+    if not results_dir.is_dir():
+        raise NLBenchError(f"results folder {results_dir} does not exist")
+    records, problems = scan_records(results_dir)
+    for p in problems:
+        _warn(f"skipped {p.path}: {p.problem}")
+    logs, bad_logs = read_grid_logs(results_dir)
+    for path, problem in bad_logs:
+        _warn(f"skipped {path}: {problem}")
+    return records, logs
+
+
+@app.command()
+def leaderboard(
+    results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
+    out: Annotated[Path, typer.Option(help="Markdown file to write ('-' for stdout).")] = Path("leaderboard.md"),
+    plots_dir: Annotated[Path | None, typer.Option(help="Where the plots are (default DIR/plots), for the "
+                                                        "links.")] = None,
+    readme: Annotated[Path, typer.Option(help="README with the noise definitions, for the links.")] = Path(
+        "README.md"),
+) -> None:
+    """Regenerate the leaderboard from the records; bad record files are reported and skipped."""
+    from nlbench.benchmark.leaderboard import render_leaderboard
+    from nlbench.benchmark.records import atomic_write_text
+
+    with user_errors():
+        records, logs = _load(results_dir)
+        base = Path.cwd() if str(out) == "-" else out.parent.resolve()
+
+        def rel(p: Path) -> str:  # links relative to where the Markdown lives
+            return Path(os.path.relpath(p.resolve(), base)).as_posix()
+
+        text = render_leaderboard(records, logs, plots_dir=rel(plots_dir or results_dir / "plots"), readme=rel(readme))
+        if str(out) == "-":
+            sys.stdout.write(text)
+            return
+        atomic_write_text(out, text)
+    console.print(f"leaderboard of {len(records)} records written to {out}")
+
+
+@app.command()
+def plot(
+    results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
+    out_dir: Annotated[Path | None, typer.Option(help="Where the PNGs go (default DIR/plots).")] = None,
+) -> None:
+    """Accuracy curves, weight trajectories and critical-difference diagrams from the records."""
+    from nlbench.benchmark.plots import plot_all
+
+    with user_errors():
+        records, _ = _load(results_dir)
+        paths = plot_all(records, out_dir or results_dir / "plots")
+    console.print(f"{len(paths)} plots written to {out_dir or results_dir / 'plots'}")
+
+
+@results_app.command("check")
+def results_check(
+    results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
+    claim_ttl: Annotated[float, typer.Option(help="Claim staleness TTL in seconds (as for grid).")] = 3600.0,
+) -> None:
+    """List unreadable or schema-breaking records, orphaned temp files, stale claims and duplicate config
+    hashes; exit 1 if there are any, 0 if the folder is clean."""
+    from nlbench.benchmark.grid import read_grid_logs, stale_claims
+    from nlbench.benchmark.records import scan_records
+
+    with user_errors():
+        if not results_dir.is_dir():
+            raise NLBenchError(f"results folder {results_dir} does not exist")
+        records, problems = scan_records(results_dir)
+        lines = [f"{p.path}: {p.problem}" for p in problems]
+        lines += [f"{p}: stale claim" for p in stale_claims(results_dir, claim_ttl)]
+        lines += [f"{p}: {why}" for p, why in read_grid_logs(results_dir)[1]]
+        grids = results_dir / "grids"
+        if grids.is_dir():
+            lines += [f"{p}: orphaned temp file" for p in sorted(grids.glob(".*.tmp-*"))]
+    for line in lines:
+        print(line)
+    print(f"{len(records)} valid records, {len(lines)} problem(s) in {results_dir}")
+    if lines:
+        raise typer.Exit(1)
