@@ -1,0 +1,321 @@
+"""The Ray executor against a real Ray head on loopback (``ray start --head`` in a subprocess).
+
+The head binds only to 127.0.0.1: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray use the loopback address as
+the node IP (it otherwise swaps 127.0.0.1 for the machine's routable IP and listens on every interface). The
+teardown kills exactly the processes this session started (the head's process group and the workers its
+raylet spawned), not ``ray stop --force``, which would also stop any other Ray instance of this user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import ray_helpers  # noqa: E402  (tests/ is on sys.path under pytest)
+from typer.testing import CliRunner  # noqa: E402
+
+from nlbench.benchmark.grid import GridSpec, LocalExecutor, expand, run_grid  # noqa: E402
+from nlbench.benchmark.ray_executor import RayExecutor, probe_gcs, split_host_port  # noqa: E402
+from nlbench.benchmark.records import scan_records  # noqa: E402
+from nlbench.cli import app  # noqa: E402
+from nlbench.errors import NLBenchError  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+VENV_BIN = Path(sys.executable).parent
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+SPEC = GridSpec(name="ray-test", dataset="synthetic", methods=("erm", "erm-meta"), noises=("sym40",), seeds=(0, 1),
+                epochs=1, meta_size=40, overrides={"dataset_options": {"n_train": 300}})
+CLI_GRID = ["grid", "--methods", "erm,erm-meta", "--noises", "sym40", "--seeds", "0,1", "--dataset", "synthetic",
+            "--epochs", "1", "--meta-size", "40", "--data-opt", "n_train=300", "--name", "ray-test",
+            "--no-progress"]
+#: record fields that legitimately differ between two executions of the same config
+VOLATILE = {"env", "wall_time_s", "created", "path", "_path"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pids: set[int]) -> set[int]:
+    """Processes whose parent is in ``pids`` (Ray workers get their own process group; their parent is the
+    raylet)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) in pids:
+                out.add(int(entry.name))
+    return out
+
+
+def _group(pgid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    out.add(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """``127.0.0.1:PORT`` of a 2-CPU Ray head started for this session, stopped at its end."""
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="nlray")  # short: Ray's unix socket paths must stay under 108 bytes
+    env = {**os.environ, **RAY_ENV}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+           "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
+           "--temp-dir", temp_dir]
+    # A session of its own: every process `ray start` spawns stays in this process group.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    pgid = proc.pid
+    try:
+        out, _ = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray start failed:\n{out}")
+        with pytest.MonkeyPatch.context() as mp:  # the driver (this process) must keep 127.0.0.1 too
+            for key, value in RAY_ENV.items():
+                mp.setenv(key, value)
+            mp.delenv("RAY_ADDRESS", raising=False)
+            # read from the environment when ray was imported, i.e. before this fixture ran
+            mp.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+            yield f"127.0.0.1:{port}"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        group = _group(pgid)
+        for pid in group | _children(group):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def comparable(records: list[dict]) -> dict[str, dict]:
+    """Records by run name without the fields that depend on the machine and the clock."""
+    out = {}
+    for rec in records:
+        rec = {k: v for k, v in rec.items() if k not in VOLATILE}
+        rec["history"] = [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in rec["history"]]
+        out[rec["run_name"]] = rec
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_records(tmp_path_factory) -> dict[str, dict]:
+    """The grid run in-process with the local executor and 1 torch thread (as each Ray task runs with
+    ``--cpus-per-run 1``), read back from disk."""
+    import torch
+
+    results = tmp_path_factory.mktemp("local")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run_grid(expand(SPEC), results, LocalExecutor(1), progress=False, name="ray-test")
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.done == 4
+    records, problems = scan_records(results)
+    assert problems == []
+    return comparable(records)
+
+
+def read_back(results: Path) -> dict[str, dict]:
+    records, problems = scan_records(results)
+    assert problems == []
+    assert len({r["config_hash"] for r in records}) == len(records)
+    return comparable(records)
+
+
+# ------------------------------------------------------------------------------------------- no cluster
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("10.0.0.1:6379", ("10.0.0.1", 6379)), ("head", ("head", 6379)), ("ray://head:10001", ("head", 10001)),
+    ("[::1]:7000", ("::1", 7000)),
+])
+def test_split_host_port(address, expected):
+    assert split_host_port(address) == expected
+
+
+@pytest.mark.parametrize("address", ["head:abc", ":6379", "head:0", "head:70000"])
+def test_split_host_port_rejects(address):
+    with pytest.raises(NLBenchError, match="use HOST:PORT"):
+        split_host_port(address)
+
+
+def test_probe_closed_port_fails_at_once():
+    port = free_port()  # bound and released: nothing listens there
+    t0 = time.perf_counter()
+    with pytest.raises(NLBenchError, match=rf"cannot reach the Ray head at 127\.0\.0\.1:{port} "):
+        probe_gcs("127.0.0.1", port, timeout=5)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_probe_rejects_a_non_grpc_server():
+    # A port owned by another service (here: one that closes every connection) is not taken for the GCS.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+
+        def serve():
+            conn, _ = srv.accept()
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        with pytest.raises(NLBenchError, match="answers but is not a Ray head"):
+            probe_gcs("127.0.0.1", srv.getsockname()[1], timeout=5)
+        t.join(5)
+
+
+def test_bad_resources_are_user_errors():
+    with pytest.raises(NLBenchError, match="--cpus-per-run must be positive"):
+        RayExecutor(address="127.0.0.1:1", cpus_per_run=0)
+    with pytest.raises(NLBenchError, match="--gpus-per-run must be non-negative"):
+        RayExecutor(address="127.0.0.1:1", gpus_per_run=-1)
+
+
+# ----------------------------------------------------------------------------------------- real cluster
+
+
+def test_probe_accepts_the_gcs(ray_head):
+    probe_gcs(*split_host_port(ray_head), timeout=5)
+
+
+def test_payload_threads_and_device(ray_head):
+    ex = RayExecutor(address=ray_head, cpus_per_run=2)
+    try:
+        assert ex.prepare({"config": {}, "device": "auto", "threads": None}) == \
+            {"config": {}, "device": "cpu", "threads": 2}
+        assert ex.prepare({"config": {}, "device": "cuda", "threads": None})["device"] == "cuda"
+    finally:
+        ex.close()
+    assert not ray.is_initialized()
+
+
+def test_run_that_fits_no_node_is_refused(ray_head):
+    with pytest.raises(NLBenchError, match=r"no Ray node can hold one run with 3 CPUs and 0 GPUs \(largest node: "
+                                           r"2 CPUs, 0 GPUs\)"):
+        RayExecutor(address=ray_head, cpus_per_run=3)
+    assert not ray.is_initialized()  # the refused executor disconnected
+
+
+def test_grid_on_ray_equals_local(ray_head, local_records, tmp_path):
+    summary = run_grid(expand(SPEC), tmp_path, RayExecutor(address=ray_head), progress=False, name="ray-test")
+    assert (summary.done, summary.skipped, summary.failed, summary.errors) == (4, 0, 0, [])
+    assert not ray.is_initialized()  # run_grid closed the executor, which disconnected
+    got = read_back(tmp_path)
+    assert sorted(got) == sorted(local_records)
+    for name, rec in got.items():
+        assert rec["history"] == local_records[name]["history"], name
+        assert rec["final"] == local_records[name]["final"], name
+        assert rec == local_records[name], name
+    assert {json.loads((tmp_path / "grids" / "ray-test.json").read_text())["n_runs"]} == {4}
+
+    # A second invocation finds every record and submits nothing.
+    again = run_grid(expand(SPEC), tmp_path, RayExecutor(address=ray_head), progress=False, name="ray-test")
+    assert (again.done, again.skipped, again.errors) == (0, 4, [])
+
+
+def test_worker_killed_mid_run_is_retried(ray_head, local_records, tmp_path):
+    marker = tmp_path / "died"
+    task = functools.partial(ray_helpers.die_once_then_run, str(marker))
+    ray.cloudpickle.register_pickle_by_value(ray_helpers)  # workers need not import tests/
+    try:
+        summary = run_grid(expand(SPEC), tmp_path / "results", RayExecutor(address=ray_head, task=task),
+                           progress=False, name="ray-test")
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(ray_helpers)
+    assert marker.read_text().isdigit()  # a worker wrote its pid and killed itself in epoch 1
+    assert (summary.done, summary.failed, summary.errors) == (4, 0, [])
+    runs = sorted(p.name for p in (tmp_path / "results" / "runs").iterdir() if p.suffix == ".json")
+    assert runs == sorted(f"{name}.json" for name in local_records)  # every record exactly once
+    assert read_back(tmp_path / "results") == local_records  # the retried run's result is unchanged
+
+
+def test_worker_killed_without_retries_is_reported(ray_head, local_records, tmp_path):
+    # The same crash with retries off: proves the crash happens, and that a run lost for good is an error
+    # (no record, the grid goes on), never a half-written record.
+    task = functools.partial(ray_helpers.die_once_then_run, str(tmp_path / "died"))
+    ray.cloudpickle.register_pickle_by_value(ray_helpers)
+    try:
+        summary = run_grid(expand(SPEC), tmp_path / "results", RayExecutor(address=ray_head, task=task, max_retries=0),
+                           progress=False, name="ray-test")
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(ray_helpers)
+    assert (summary.done, summary.failed, len(summary.errors)) == (3, 0, 1)
+    lost, message = summary.errors[0]
+    assert message.startswith("WorkerCrashedError: ")
+    got = read_back(tmp_path / "results")
+    assert sorted(got) == sorted(set(local_records) - {lost})
+    assert all(got[name] == local_records[name] for name in got)
+
+
+def test_user_error_in_a_task_comes_back_as_its_message(ray_head, tmp_path):
+    # The data are loaded on the worker, so a bad dataset option fails there; the driver gets the message,
+    # not Ray's remote traceback, and writes no record.
+    bad = GridSpec(name="bad", dataset="synthetic", methods=("erm",), noises=("sym40",), seeds=(0,), epochs=1,
+                   meta_size=40, overrides={"dataset_options": {"n_train": 0}})
+    summary = run_grid(expand(bad), tmp_path, RayExecutor(address=ray_head), progress=False, name="bad")
+    assert summary.errors == [(expand(bad)[0].run_name(),
+                               "synthetic needs n_train, n_test, dim >= 1 and num_classes >= 2")]
+    assert summary.done == 0
+    assert scan_records(tmp_path) == ([], [])
+
+
+def test_cli_grid_on_ray_then_skips(ray_head, local_records, tmp_path):
+    runner = CliRunner()
+    args = [*CLI_GRID, "--results-dir", str(tmp_path), "--executor", "ray", "--ray-address", ray_head]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "grid ray-test: 4 done, 0 skipped, 0 failed, 0 errors" in first.output
+    assert read_back(tmp_path) == local_records
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "grid ray-test: 0 done, 4 skipped, 0 failed, 0 errors" in second.output
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == mtimes
+
+
+def test_cli_wrong_address_fails_fast(ray_head, tmp_path):
+    port = free_port()  # nothing listens there; the real head is up, so only the address is wrong
+    env = {**os.environ, **RAY_ENV}
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(VENV_BIN / "nlbench"), *CLI_GRID, "--results-dir", str(tmp_path), "--executor", "ray",
+                           "--ray-address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"error: cannot reach the Ray head at 127.0.0.1:{port} (Connection refused); "
+                                        "check --ray-address and that `ray start --head` runs there"]
+    assert proc.stdout == ""
+    assert elapsed < 30
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing claimed
