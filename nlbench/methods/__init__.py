@@ -57,7 +57,7 @@ def create_method(name: str, **options) -> Method:
         raise NLBenchError(f"bad options for method {name!r}: {e}") from None
 
 
-from nlbench.methods import erm  # noqa: E402,F401
+from nlbench.methods import erm, gce, l2rw, meta_reweight, mwnet, surrogate  # noqa: E402,F401
 
 __all__ = ["METHODS", "Batch", "Method", "MethodContext", "StepOutput", "TrainData", "TrainSet",
            "create_method", "get_method", "list_methods", "load_plugins", "register_method"]
