@@ -103,6 +103,10 @@ class RunConfig:
             raise NLBenchError(f"--lr must be positive, got {self.lr}")
         if self.meta_size < 0 or self.val_size < 0:
             raise NLBenchError("--meta-size and --val-size must be non-negative")
+        reserved = {"root", "download"} & set(self.dataset_options)
+        if reserved:
+            raise NLBenchError(f"dataset option(s) {', '.join(sorted(reserved))} cannot be set with --data-opt; "
+                               "use --data-root / --download")
         if self.schedule not in ("cosine", "step", "constant"):
             raise NLBenchError(f"--schedule must be cosine, step or constant, got {self.schedule!r}")
 

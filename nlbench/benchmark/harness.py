@@ -191,6 +191,9 @@ def environment(device: torch.device) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         or platform.machine(),
         "threads": torch.get_num_threads(), "git_sha": _git_sha(),
+        # GPU results depend on the CUDA/cuDNN kernels as much as on torch: None on CPU-only builds and devices
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
     }
 
 
@@ -264,8 +267,8 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     if dev.type == "cuda" and len(dataset.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     prep, autocast = make_prep(dataset, dev), autocast_factory(dev)
-    if compile_model:  # the eager module stays the one methods see for torch.func; only forward is compiled
-        model.forward = torch.compile(model.forward)
+    if compile_model:  # compile the feature extractor: forward (head(features)) and the surrogate both use it
+        model.features = torch.compile(model.features)
     method.setup(MethodContext(model=model, meta_x=prep(data.meta_x), meta_y=data.meta_y, num_train=n,
                                num_classes=dataset.num_classes, batch_size=cfg.batch_size, device=dev,
                                generator=make_generator(dev, cfg.seed, 3), prep=prep, autocast=autocast))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -84,8 +85,12 @@ def run(
         cfg = RunConfig.from_preset(preset, **{k: v for k, v in given.items() if v is not None})
         if download and data_root is None:
             raise NLBenchError("--download needs --data-root (the folder to download into)")
-        rec = train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
-                    resume=not force, download=download, compile_model=compile_model)
+        try:
+            rec = train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
+                        resume=not force, download=download, compile_model=compile_model)
+        except KeyboardInterrupt:  # records are written whole or not at all: say so, and how to go on
+            print("interrupted: no record written; rerun the same command to run it again", file=sys.stderr)
+            raise typer.Exit(130) from None
     if as_json:
         print(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}, indent=1, sort_keys=True))
     else:
@@ -202,9 +207,9 @@ def noise_show(
     from nlbench.datasets import load_dataset
 
     with user_errors():
-        ds = load_dataset(dataset, data_root, **parse_options(data_opt))
         cfg = RunConfig(noise=spec, dataset=dataset, seed=seed, noise_seed=seed, meta_size=meta_size, epochs=1,
-                        model="mlp")
+                        model="mlp", dataset_options=parse_options(data_opt))
+        ds = load_dataset(dataset, data_root, **cfg.dataset_options)
         report = noisy_pool(cfg, ds).noise_report
     if as_json:
         print(json.dumps({"spec": report["spec"], "dataset": dataset, "seed": seed, "n": report["n"],

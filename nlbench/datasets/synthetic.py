@@ -33,6 +33,12 @@ def synthetic(root: Path | None = None, download: bool = False, *, n_train: int 
               dim: int = 16, num_classes: int = 4, separation: float = 3.0, seed: int = 0) -> Dataset:
     """Gaussian mixture: ``num_classes`` classes in ``dim`` dims; the data seed is ``seed`` (fixed by default so
     that runs with different training seeds see the same data)."""
+    for key, value in (("n_train", n_train), ("n_test", n_test), ("dim", dim), ("num_classes", num_classes),
+                       ("seed", seed), ("separation", separation)):
+        kind = (int, float) if key == "separation" else int  # --data-opt values arrive as parsed JSON
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise NLBenchError(f"synthetic option {key} must be {'a number' if key == 'separation' else 'an integer'}"
+                               f", got {value!r}")
     if min(n_train, n_test, dim, num_classes - 1) < 1:
         raise NLBenchError("synthetic needs n_train, n_test, dim >= 1 and num_classes >= 2")
     rng = np.random.default_rng([seed, 0x5E7])

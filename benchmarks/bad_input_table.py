@@ -1,0 +1,252 @@
+"""Regenerate ``docs/bad-input.md``: every bad input the hardening tests try, run through the real ``nlbench``
+command (a fresh interpreter each, as a user's shell would) against fake data, with the line it printed and its
+exit code.
+
+    .venv/bin/python benchmarks/bad_input_table.py            # writes docs/bad-input.md (~1 min on 2 CPU cores)
+    .venv/bin/python benchmarks/bad_input_table.py --out -    # prints the table instead
+
+Each command runs in its own copy of a small work folder (``results/`` holding one finished record, ``data/``
+with fake Fashion-MNIST IDX files and fake CIFAR-10 pickles, ``not-a-dir`` a plain file), so the commands show
+short relative paths and the table comes out the same on every machine. The contract every row must meet:
+exit code 2, exactly one line on stderr starting with ``error:``, no traceback, nothing on stdout, and the
+record already in ``results/`` untouched. Rows that break it are reported and the script exits 1 (the table is
+still written). ``tests/test_hardening.py`` imports :data:`CASES`, :func:`make_template` and :func:`run_case`
+from here, so the documented table and the tests run the same commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import pickle
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
+SYN = ("--dataset", "synthetic")  # the cheap dataset, for inputs that have nothing to do with data files
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: ``args`` after ``nlbench``, run inside the case's work folder; ``expect`` is a fragment
+    the error line must contain."""
+
+    id: str
+    what: str
+    args: tuple[str, ...]
+    expect: str
+
+
+CASES: tuple[Case, ...] = (
+    Case("method", "unknown method", ("run", "--method", "ermm", *SYN), "unknown method 'ermm'. Did you mean 'erm'?"),
+    Case("noise", "unknown noise", ("run", "--noise", "symm40", *SYN), "unknown noise 'symm'. Did you mean 'sym'?"),
+    Case("dataset", "unknown dataset", ("run", "--dataset", "synthetc"),
+         "unknown dataset 'synthetc'. Did you mean 'synthetic'?"),
+    Case("model", "unknown model", ("run", *SYN, "--model", "mlpp"), "unknown model 'mlpp'. Did you mean 'mlp'?"),
+    Case("sym-5", "negative noise rate", ("run", *SYN, "--noise", "sym-5"),
+         "noise rate -5% in 'sym-5' is outside [0, 100)"),
+    Case("sym100", "noise rate of 100%", ("run", *SYN, "--noise", "sym100"),
+         "noise rate 100% in 'sym100' is outside [0, 100)"),
+    Case("sym95", "sym rate above (C-1)/C on 10 classes",
+         ("run", *SYN, "--data-opt", "num_classes=10", "--noise", "sym95"),
+         "sym rate 95% exceeds (C-1)/C = 90.0% for 10 classes"),
+    Case("asym", "asym noise on a dataset without a class map", ("run", *SYN, "--noise", "asym40"),
+         "asym noise needs a class map, and dataset 'synthetic' defines none"),
+    Case("meta-big", "meta set larger than the classes allow", ("run", *SYN, "--meta-size", "5000"),
+         "meta size 5000 needs 1250 samples of class"),
+    Case("meta-neg", "negative meta set size", ("run", *SYN, "--meta-size", "-1"),
+         "--meta-size and --val-size must be non-negative"),
+    Case("epochs0", "zero epochs", ("run", *SYN, "--epochs", "0"), "--epochs must be at least 1, got 0"),
+    Case("seed-neg", "negative seed", ("run", *SYN, "--seed", "-1"), "Invalid value for '--seed'"),
+    Case("seed-text", "non-numeric seed", ("run", *SYN, "--seed", "abc"), "Invalid value for '--seed'"),
+    Case("data-opt-key", "unknown dataset option", ("run", *SYN, "--data-opt", "n_trian=400"),
+         "unknown option(s) 'n_trian' for dataset 'synthetic'; valid: n_train"),
+    Case("data-opt-type", "dataset option of the wrong type", ("run", *SYN, "--data-opt", "n_train=many"),
+         "synthetic option n_train must be an integer, got 'many'"),
+    Case("root", "data root that does not exist", ("run", "--dataset", "fashion-mnist", "--data-root", "data/nope"),
+         "data root 'data/nope' does not exist or is not a directory"),
+    Case("idx-truncated", "truncated IDX file",
+         ("run", "--dataset", "fashion-mnist", "--data-root", "data/fmnist-truncated"),
+         "truncated data file data/fmnist-truncated/train-images-idx3-ubyte.gz"),
+    Case("idx-magic", "IDX file with the wrong magic number",
+         ("run", "--dataset", "fashion-mnist", "--data-root", "data/fmnist-magic"),
+         "data file data/fmnist-magic/train-images-idx3-ubyte.gz has wrong magic number 0x903"),
+    Case("cifar-n-keys", "CIFAR-N file lacking label keys",
+         ("noise", "show", "cifar10n-worst", "--dataset", "cifar10", "--data-root", "data/cifar", "--data-opt",
+          "expected_sizes=[15,3]", "--meta-size", "0"),
+         "CIFAR-N file data/cifar/cifar-n/CIFAR-10_human.pt lacks keys worse_label, random_label1"),
+    Case("results-run", "results folder that cannot be written (run)",
+         ("run", *SYN, "--results-dir", "not-a-dir/results"),
+         "cannot write to not-a-dir/results/runs: Not a directory"),
+    Case("results-grid", "results folder that cannot be written (grid)",
+         ("grid", "--methods", "erm", "--noises", "sym40", *SYN, "--results-dir", "not-a-dir/results"),
+         "cannot write to not-a-dir/results/runs/.claims: Not a directory"),
+)
+
+
+# ------------------------------------------------------------------------------------------- fake data
+
+
+def _idx(array: np.ndarray, magic: int | None = None, truncate: int = 0) -> bytes:
+    """A gzipped IDX ubyte file (big-endian magic 0x0800 | ndim, big-endian dims, raw bytes)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = 0x0800 | array.ndim if magic is None else magic
+    raw = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
+    return gzip.compress(raw[:len(raw) - truncate], mtime=0)
+
+
+def _write_fmnist(folder: Path, *, magic: int | None = None, truncate: int = 0) -> None:
+    """Ten fake images per split; the training images get the fault (it is the first file the loader reads)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = rng.integers(0, 256, (10, 28, 28)), np.arange(10)
+        fault = {"magic": magic, "truncate": truncate} if split == "train" else {}
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(_idx(images, **fault))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(_idx(labels))
+
+
+def _write_cifar10(root: Path, per_batch: int = 3) -> np.ndarray:
+    """torchvision's cifar-10-batches-py layout: 5 x ``per_batch`` training images, ``per_batch`` test images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = np.arange(6 * per_batch) % 10
+    for i, name in enumerate([*(f"data_batch_{b}" for b in range(1, 6)), "test_batch"]):
+        part = labels[i * per_batch:(i + 1) * per_batch]
+        batch = {b"labels": part.tolist(), b"data": np.zeros((per_batch, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return labels[:5 * per_batch]
+
+
+def make_template(root: Path) -> Path:
+    """Write the work folder every case starts from into ``root`` and return it."""
+    import torch
+
+    from nlbench.benchmark.config import RunConfig
+    from nlbench.benchmark.records import write_record
+
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = RunConfig(method="erm", noise="sym40", dataset="synthetic", epochs=1)
+    acc = 0.5
+    write_record(root / "results", {
+        "schema": 1, "run_name": cfg.run_name(), "config_hash": cfg.hash(), "method": cfg.method,
+        "noise": cfg.noise, "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed, "status": "ok",
+        "config": cfg.to_dict(), "env": {}, "noise_report": {}, "wall_time_s": 1.0,
+        "history": [{"epoch": 1, "test_acc": acc, "epoch_time_s": 1.0}],
+        "final": {"last_acc": acc, "best_acc": acc, "last5_acc": acc}})
+    _write_fmnist(root / "data" / "fmnist-truncated", truncate=100)
+    _write_fmnist(root / "data" / "fmnist-magic", magic=0x0903)
+    clean = _write_cifar10(root / "data" / "cifar")
+    (root / "data" / "cifar" / "cifar-n").mkdir()
+    torch.save({"clean_label": clean, "aggre_label": clean}, root / "data" / "cifar" / "cifar-n" / "CIFAR-10_human.pt")
+    (root / "not-a-dir").write_text("a plain file where a folder is expected\n")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class Outcome:
+    case: Case
+    returncode: int
+    stdout: str
+    stderr: str
+    results_unchanged: bool
+
+    def problems(self) -> list[str]:
+        """How this outcome breaks the contract (empty if it meets it)."""
+        lines = self.stderr.splitlines()
+        out = []
+        if self.returncode != 2:
+            out.append(f"exit code {self.returncode}, expected 2")
+        if len(lines) != 1 or not lines[0].startswith("error:"):
+            out.append(f"stderr is not one 'error:' line: {self.stderr[-300:]!r}")
+        elif self.case.expect not in lines[0]:
+            out.append(f"message lacks {self.case.expect!r}")
+        if "Traceback" in self.stderr or self.stdout:
+            out.append(f"traceback or stdout output: {self.stdout[-200:]!r}")
+        if not self.results_unchanged:
+            out.append("results/ changed")
+        return out
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
+
+
+def nlbench_command() -> list[str]:
+    """The ``nlbench`` console script of this interpreter's environment (``python -m nlbench.cli`` if the
+    package is not installed as a script): the same ``main`` either way, but usage hints then say ``nlbench``."""
+    script = Path(sys.executable).with_name("nlbench")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "nlbench.cli"]
+
+
+def run_case(case: Case, template: Path, workdir: Path, timeout: float = 120) -> Outcome:
+    """Copy ``template`` to ``workdir`` and run ``nlbench *case.args`` there in a fresh interpreter."""
+    shutil.copytree(template, workdir)
+    before = _snapshot(workdir / "results")
+    env = {k: v for k, v in os.environ.items() if k != "NLBENCH_DATA_ROOT"}
+    proc = subprocess.run([*nlbench_command(), *case.args], cwd=workdir, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    return Outcome(case, proc.returncode, proc.stdout, proc.stderr, _snapshot(workdir / "results") == before)
+
+
+def run_all(cases: tuple[Case, ...] = CASES, jobs: int = 2) -> list[Outcome]:
+    """Run ``cases`` (``jobs`` at a time) in fresh copies of a temporary work folder; results in case order."""
+    with tempfile.TemporaryDirectory(prefix="nlbench-bad-input-") as tmp:
+        template = make_template(Path(tmp) / "template")
+        with ThreadPoolExecutor(jobs) as pool:
+            return list(pool.map(lambda c: run_case(c, template, Path(tmp) / c.id), cases))
+
+
+def _cell(text: str) -> str:
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def render(outcomes: list[Outcome]) -> str:
+    """The Markdown page: one row per case, the message as printed."""
+    out = ["# Bad input: what nlbench says", "",
+           "Generated by `.venv/bin/python benchmarks/bad_input_table.py` (rerun it to refresh this page). Each "
+           "command ran in a folder holding fake data files (`data/`), one finished record (`results/`) and a "
+           "plain file `not-a-dir`. Every one prints exactly one line on stderr and exits with code 2, without a "
+           "traceback, and leaves the records in `results/` untouched; `tests/test_hardening.py` checks this for "
+           "every row (for the rows `tests/test_cli.py` already checks in-process, with `pytest -m slow`).", "",
+           "| bad input | command | what it prints (stderr) | exit code |", "|---|---|---|---|"]
+    for o in outcomes:
+        msg = " / ".join(o.stderr.splitlines()) or "(nothing)"
+        cmd = "nlbench " + shlex.join(o.case.args)
+        out.append(f"| {o.case.what} | {_cell(cmd)} | {_cell(msg)} | {o.returncode} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(DOC), help="Markdown file to write, or '-' for stdout.")
+    parser.add_argument("--jobs", type=int, default=2, help="Commands run at once.")
+    args = parser.parse_args()
+    outcomes = run_all(jobs=args.jobs)
+    text = render(outcomes)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"{len(outcomes)} bad inputs written to {args.out}", file=sys.stderr)
+    bad = [(o.case.id, p) for o in outcomes for p in o.problems()]
+    for case_id, problem in bad:
+        print(f"contract broken by {case_id}: {problem}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
