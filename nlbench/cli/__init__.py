@@ -80,6 +80,6 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-from nlbench.cli import core, grid  # noqa: E402,F401  (registers the commands)
+from nlbench.cli import core, grid, phases  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["app", "console", "err_console", "fail", "main", "user_errors"]

@@ -1,0 +1,69 @@
+"""``nlbench phases``: the three-phase reweighting study in the theory setting (:mod:`nlbench.phases`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from nlbench.cli import app, console, user_errors
+from nlbench.cli.core import DataRoot
+
+# The defaults repeat nlbench.phases.PhaseConfig's (tests check they agree): importing it here would pull torch
+# into every `nlbench -h`.
+
+
+@app.command()
+def phases(
+    out: Annotated[Path, typer.Option(help="Folder for phases.json, phases.png and log.csv.")],
+    dataset: Annotated[str, typer.Option(help="synthetic or fashion-mnist-binary.")] = "synthetic",
+    method: Annotated[str, typer.Option(help="meta-reweight (exact scores) or surrogate (FBR scores).")] =
+    "meta-reweight",
+    meta_size: Annotated[int, typer.Option(help="Clean subset size m.")] = 100,
+    iterations: Annotated[int, typer.Option(help="Full-batch gradient steps.")] = 1500,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of data, split, flips and initialisation.")] = 0,
+    noise_rate: Annotated[float, typer.Option(help="Share of flipped labels per class, in [0, 0.5).")] = 0.4,
+    n_train: Annotated[int, typer.Option(help="Noisy pool size n.")] = 1000,
+    width: Annotated[int, typer.Option(help="Hidden width (even).")] = 1024,
+    lr: Annotated[float, typer.Option(help="Step size of gradient descent.")] = 1.0,
+    alpha: Annotated[float, typer.Option(help="Weight step, in units of the first iteration's mean |score|.")] =
+    0.05,
+    w0: Annotated[float, typer.Option(help="Initial weight of every sample.")] = 0.5,
+    dim: Annotated[int, typer.Option(help="Input dimension (synthetic).")] = 32,
+    separation: Annotated[float, typer.Option(help="Distance between the class means (synthetic).")] = 5.0,
+    threads: Annotated[int, typer.Option(min=1, help="Torch CPU threads (a small full-batch problem: 1 is "
+                                                     "fastest on a shared machine).")] = 1,
+    data_root: DataRoot = None,
+) -> None:
+    """Persistent clipped reweighting of a wide two-layer net (squared loss, full batch); detect alignment,
+    filtering and post-filtering and write DIR/phases.json, DIR/phases.png and DIR/log.csv."""
+    import torch
+
+    from nlbench.phases import PhaseConfig, phases_experiment
+
+    with user_errors():
+        cfg = PhaseConfig(dataset=dataset, method=method, n_train=n_train, meta_size=meta_size, noise_rate=noise_rate,
+                          iterations=iterations, width=width, lr=lr, alpha=alpha, w0=w0, seed=seed, dim=dim,
+                          separation=separation).validate()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            res = phases_experiment(cfg, out, data_root=data_root)
+        finally:
+            torch.set_num_threads(before)
+    table = Table(title=f"phases: {cfg.method} on {cfg.dataset}, m={cfg.meta_size}, seed {cfg.seed}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    for key in ("alignment_end", "noisy_floor_reached", "filtering_end", "post_filtering_start", "noisy_weight_min",
+                "noisy_weight_argmin", "noisy_rise", "clean_fall", "auroc_filtering_end", "auroc_end", "meta_loss_end",
+                "filtered", "drifted"):
+        table.add_row(key, fmt(res[key]))
+    table.add_row("wall seconds", f"{res['wall_s']:.1f}")
+    console.print(table)
+    console.print(f"wrote {Path(out) / 'phases.json'}, phases.png and log.csv")
