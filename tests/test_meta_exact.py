@@ -264,6 +264,12 @@ def test_bad_options_are_user_errors():
         create_method("l2rw", meta_batch=0)
     with pytest.raises(NLBenchError):
         create_method("mwnet", bogus=1)
+    with pytest.raises(NLBenchError, match="alpha"):
+        create_method("meta-reweight", alpha="fast")
+    with pytest.raises(NLBenchError, match="meta_batch"):
+        create_method("mwnet", meta_batch=2.5)
+    assert create_method("meta-reweight", alpha="0.2", meta_batch="64").options() == \
+        {"alpha": 0.2, "w0": 0.5, "meta_batch": 64}
 
 
 def _run(method: str, epochs: int = 3, **opts) -> dict:

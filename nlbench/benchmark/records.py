@@ -58,6 +58,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except OSError as e:
         raise NLBenchError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make records in a shared results folder unreadable to others
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -39,8 +39,9 @@ Choices nlbench makes here (not fixed by the papers):
   training-mode batch norm: PyTorch's materialises about ten activation-sized temporaries and made the pass of
   a BatchNorm network ~1.5x slower; no wasted convolution of the first layer's all-zero input tangent).
 
-Measured on two CPU cores (1 thread, CPU time, ResNet-32 B = 100): the forward-mode pass costs 0.95x an ERM
-step (forward + backward); the tangent half on a recorded forward 0.75x; the meta pass 1.05x.
+Measured on a shared 2-core CPU (1 thread, process CPU time, ResNet-32, B = 100), in units of one ERM step
+(forward + backward): a full forward-mode pass (:func:`loss_jvp`) 0.95-1.0, the tangent replay on a recorded
+forward 0.7-0.8, the meta pass 1.0-1.1. Whole steps: ``benchmarks/test_step_cost.py``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from nlbench.errors import NLBenchError
 from nlbench.methods.base import Method, MethodContext
 
 __all__ = ["MetaBatchMethod", "RecordedForward", "frozen_batchnorm_stats", "loss_jvp", "meta_gradient",
-           "meta_scores", "per_example_losses", "reference_meta_loss", "trainable_params", "virtual_params"]
+           "meta_scores", "option", "per_example_losses", "reference_meta_loss", "trainable_params", "virtual_params"]
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -253,17 +254,18 @@ def loss_jvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 # The recorder sees every torch-level call of the forward. Each op's tensor inputs are resolved to *slots* when
 # the op runs (a slot is the op output or parameter that tensor object is), so the replay needs no reference to
 # intermediate tensors: an op keeps only what its tangent rule reads (the conv input, the ReLU output, pooling
-# indices), which autograd saves for the backward anyway. Holding every activation instead costs ~20 % of a
-# ResNet-32 forward + backward on the CPU in fresh page faults.
+# indices), which autograd saves for the backward anyway. Holding every activation (and, in the replay, every
+# tangent until the end) raised the peak memory and, with it, the page faults of the following passes enough to
+# cost ~10 % of a ResNet-32 step on the CPU.
 
 
 def _tensors(args) -> Iterator[torch.Tensor]:
-    """Tensors among ``args`` (and inside lists/tuples one level deep, as in ``torch.cat``), in order."""
+    """Tensors among ``args`` and inside nested lists/tuples (as in ``torch.cat``), depth first, in order."""
     for a in args:
         if isinstance(a, torch.Tensor):
             yield a
         elif isinstance(a, (list, tuple)):
-            yield from (b for b in a if isinstance(b, torch.Tensor))
+            yield from _tensors(a)
 
 
 @dataclass(slots=True)
@@ -605,6 +607,18 @@ def reference_meta_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_me
     return per_example_losses(functional_call(model, (hat, buffers), (x_meta,)), y_meta).mean()
 
 
+def option(name: str, value: Any, kind: type = float) -> Any:
+    """``kind(value)`` for a method option, or a one-line :class:`NLBenchError` naming the option."""
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise NLBenchError(f"option {name} must be {'an integer' if kind is int else 'a number'}, "
+                           f"got {value!r}") from None
+    if kind is int and out != value and not (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+        raise NLBenchError(f"option {name} must be an integer, got {value!r}")
+    return out
+
+
 class MetaBatchMethod(Method):
     """Base of the exact meta-reweighting methods: owns the meta set and draws one meta batch per step.
 
@@ -617,9 +631,9 @@ class MetaBatchMethod(Method):
     uses_meta = True
 
     def __init__(self, *, meta_batch: int | None = None):
-        if meta_batch is not None and int(meta_batch) < 1:
+        self.meta_batch = None if meta_batch is None else option("meta_batch", meta_batch, int)
+        if self.meta_batch is not None and self.meta_batch < 1:
             raise NLBenchError(f"meta_batch must be a positive integer, got {meta_batch!r}")
-        self.meta_batch = None if meta_batch is None else int(meta_batch)
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)

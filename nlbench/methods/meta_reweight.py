@@ -21,7 +21,11 @@ Choices nlbench makes (the paper states the update, not its scale):
   fall; starting at 1 would pin every clean weight at the upper clip from the first step and hide that phase
   (and the telemetry of it). The price is a smaller effective learning rate until the weights separate.
 - ``alpha = 0.3`` by default: the average weight moves by 0.3 per visit (once per epoch), so weights separate
-  within about two epochs while a single unlucky meta batch cannot take a clean sample from 0.5 to 0.
+  within about two epochs while a single unlucky meta batch cannot take a clean sample from 0.5 to 0. A small
+  check (Fashion-MNIST, LeNet, sym40, 3 epochs, meta 1000, seed 0; selected on the noisy validation split):
+  alpha 0.1 / 0.3 / 1.0 gave validation accuracy 0.531 / 0.534 / 0.532 (test 0.865 / 0.859 / 0.854), weight
+  AUROC 0.94 / 0.90 / 0.87 and 52 / 77 / 83 % of noisy samples below 0.1: the accuracy does not separate them
+  at this length, 0.3 filters most noisy samples within the 3 epochs at a small cost in ranking quality.
 - ``meta_batch``: see :class:`nlbench.methods.meta_grad.MetaBatchMethod`.
 
 Cost per step: the shared forward (recorded), the virtual-step backward, a forward + backward on the meta
@@ -37,7 +41,7 @@ from torch import nn
 
 from nlbench.errors import NLBenchError
 from nlbench.methods.base import Batch, MethodContext, StepOutput, register_method
-from nlbench.methods.meta_grad import MetaBatchMethod, RecordedForward, meta_scores, per_example_losses
+from nlbench.methods.meta_grad import MetaBatchMethod, RecordedForward, meta_scores, option, per_example_losses
 
 __all__ = ["MetaReweight", "clipped_update"]
 
@@ -60,11 +64,11 @@ class MetaReweight(MetaBatchMethod):
 
     def __init__(self, *, alpha: float = 0.3, w0: float = 0.5, meta_batch: int | None = None):
         super().__init__(meta_batch=meta_batch)
-        if not float(alpha) > 0:
+        self.alpha, self.w0 = option("alpha", alpha), option("w0", w0)
+        if not self.alpha > 0:
             raise NLBenchError(f"alpha must be positive, got {alpha!r}")
-        if not 0.0 <= float(w0) <= 1.0:
+        if not 0.0 <= self.w0 <= 1.0:
             raise NLBenchError(f"w0 must be in [0, 1], got {w0!r}")
-        self.alpha, self.w0 = float(alpha), float(w0)
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)

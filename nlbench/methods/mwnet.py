@@ -35,6 +35,7 @@ from nlbench.methods.meta_grad import (
     RecordedForward,
     frozen_batchnorm_stats,
     meta_scores,
+    option,
     per_example_losses,
 )
 
@@ -106,9 +107,11 @@ class MWNet(MetaBatchMethod):
     def __init__(self, *, hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1e-4,
                  meta_batch: int | None = None):
         super().__init__(meta_batch=meta_batch)
-        if int(hidden) < 1 or not float(meta_lr) > 0 or float(meta_weight_decay) < 0:
+        self.hidden = option("hidden", hidden, int)
+        self.meta_lr = option("meta_lr", meta_lr)
+        self.meta_weight_decay = option("meta_weight_decay", meta_weight_decay)
+        if self.hidden < 1 or not self.meta_lr > 0 or not self.meta_weight_decay >= 0:
             raise NLBenchError("mwnet needs hidden >= 1, meta_lr > 0 and meta_weight_decay >= 0")
-        self.hidden, self.meta_lr, self.meta_weight_decay = int(hidden), float(meta_lr), float(meta_weight_decay)
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
