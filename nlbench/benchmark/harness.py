@@ -26,6 +26,7 @@ import torch
 import nlbench
 from nlbench.benchmark.augment import random_crop_flip
 from nlbench.benchmark.config import RunConfig
+from nlbench.benchmark.features import FeatureView
 from nlbench.benchmark.noise import (
     NoiseContext,
     apply_noise,
@@ -253,6 +254,8 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     noisy = noisy_pool(cfg, dataset)
     data = to_device(noisy, dataset, dev)
     train_set = method.train_set(data)
+    view = FeatureView.create(cfg.record_options, cfg.epochs, cfg.effective_noise_seed, noisy.pool_noisy,
+                              dataset.y_train.numpy()[noisy.splits.pool], len(noisy.splits.meta), dataset.classes)
     n = len(train_set)
     if n < 2:
         raise NLBenchError(f"method {cfg.method!r} has {n} training samples; nothing to train on")
@@ -280,7 +283,13 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     status, error = "ok", None
     bar = _Progress(progress, cfg.epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}")
     step = 0
+
+    def snapshot(epoch: int) -> None:  # the feature view: eval mode, no grad, no RNG; training is unchanged
+        if view is not None:
+            view.snapshot(epoch, model, data.pool.x, data.meta_x, prep, autocast)
+
     try:
+        snapshot(0)
         for epoch in range(1, cfg.epochs + 1):
             model.train()
             t0 = time.perf_counter()
@@ -319,6 +328,7 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
                 w = persistent if persistent is not None else weights_seen
                 entry.update(weight_telemetry(w.detach().float().cpu().numpy(), is_noisy.cpu().numpy()))
             history.append(entry)
+            snapshot(epoch)
     except DivergenceError as e:
         status, error = "failed", {"reason": str(e), "epoch": e.epoch}
     finally:
@@ -345,6 +355,8 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     }
     if error:
         record["error"] = error
+    if view is not None:
+        record["features"] = view.block()
     if results_dir is not None:
         record["path"] = str(write_record(results_dir, record))
     return record

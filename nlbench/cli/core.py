@@ -50,7 +50,7 @@ def run(
     model: Annotated[str | None, typer.Option(help="Model name [default: the dataset's].")] = None,
     seed: Seed = 0,
     noise_seed: Annotated[int | None, typer.Option(min=0, help="Noise seed [default: the training seed].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: 4].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: 3].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 128].")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate, SGD with momentum [default: 0.05].")] = None,
     momentum: Annotated[float | None, typer.Option(help="[default: 0.9]")] = None,
@@ -63,6 +63,9 @@ def run(
     augment: Annotated[bool | None, typer.Option(help="Random crop + flip on the device.")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="Method option key=value (repeatable).")] = None,
     data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
+    feature_epochs: Annotated[str | None, typer.Option(help="Store a 2-D PCA view of penultimate features at these "
+                                                           "epochs, e.g. 0,1,3 (0 = before training); see "
+                                                           "`nlbench plot features`.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where records go (records land in DIR/runs/).")] = DEFAULT_RESULTS,
     data_root: DataRoot = None,
     download: Annotated[bool, typer.Option(help="Download missing data (needs internet).")] = False,
@@ -82,6 +85,8 @@ def run(
                      schedule=schedule, milestones=parse_ints(milestones, "--milestones"), meta_size=meta_size,
                      val_size=val_size, augment=augment, method_options=parse_options(opt),
                      dataset_options=parse_options(data_opt))
+        if feature_epochs is not None:  # sorted and unique, so 3,0,1 and 0,1,3 are the same config
+            given["record_options"] = {"feature_epochs": sorted(set(parse_ints(feature_epochs, "--feature-epochs")))}
         cfg = RunConfig.from_preset(preset, **{k: v for k, v in given.items() if v is not None})
         if download and data_root is None:
             raise NLBenchError("--download needs --data-root (the folder to download into)")

@@ -17,6 +17,9 @@ from nlbench.errors import NLBenchError
 
 results_app = typer.Typer(help="Inspect the results folder.", no_args_is_help=True)
 app.add_typer(results_app, name="results")
+# `nlbench plot` alone draws every plot of a results folder; `nlbench plot features RECORD` draws one record.
+plot_app = typer.Typer()
+app.add_typer(plot_app, name="plot")
 
 
 def split_list(value: str | None, what: str) -> tuple[str, ...] | None:
@@ -201,18 +204,42 @@ def leaderboard(
     console.print(f"leaderboard of {len(records)} records written to {out}")
 
 
-@app.command()
+@plot_app.callback(invoke_without_command=True)
 def plot(
+    ctx: typer.Context,
     results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
     out_dir: Annotated[Path | None, typer.Option(help="Where the PNGs go (default DIR/plots).")] = None,
 ) -> None:
-    """Accuracy curves, weight trajectories and critical-difference diagrams from the records."""
+    """Accuracy curves, weight trajectories and critical-difference diagrams from the records (or, with
+    `features RECORD`, one run's feature view)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from nlbench.benchmark.plots import plot_all
 
     with user_errors():
         records, _ = _load(results_dir)
         paths = plot_all(records, out_dir or results_dir / "plots")
     console.print(f"{len(paths)} plots written to {out_dir or results_dir / 'plots'}")
+
+
+@plot_app.command("features")
+def plot_features_cmd(
+    record: Annotated[Path, typer.Argument(help="A run record (JSON) made with --feature-epochs.")],
+    out: Annotated[Path | None, typer.Option(help="PNG to write (default: <record name>.features.png in the "
+                                                  "current folder).")] = None,
+) -> None:
+    """Draw a record's feature view: one PCA panel per stored epoch, clean samples as dots and noisy ones as
+    crosses, coloured by true class."""
+    from nlbench.benchmark.features import plot_features
+    from nlbench.benchmark.records import load_record
+
+    with user_errors():
+        try:
+            rec = load_record(record)
+        except ValueError as e:
+            raise NLBenchError(f"cannot read record {record}: {e}") from None
+        path = plot_features(rec, out or Path(f"{record.stem}.features.png"))
+    console.print(f"feature view written to {path}")
 
 
 @results_app.command("check")
