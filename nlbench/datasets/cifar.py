@@ -311,6 +311,31 @@ class _LazyCifarN:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _cifar_dataset(name: str, root: Path, folder: Path, train: tuple[np.ndarray, np.ndarray],
+                   test: tuple[np.ndarray, np.ndarray], classes: list[str], *, mean, std, asym_map: dict[int, int],
+                   human_file: str, human_noises: dict[str, str], fix: str) -> Dataset:
+    """The checks and the :class:`Dataset` that CIFAR-10 and CIFAR-100 share."""
+    (x_train, y_train), (x_test, y_test) = train, test
+    top = len(classes) - 1
+    for y, part in ((y_train, "train"), (y_test, "test")):
+        if len(y) and (y.min() < 0 or y.max() > top):
+            raise DataError(f"corrupted CIFAR pickle in {folder} ({part}): labels outside 0..{top}; {fix}")
+    lazy = _LazyCifarN(root / "cifar-n" / human_file, y_train, name)
+    return Dataset(
+        name=name,
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
+        y_train=torch.from_numpy(y_train),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
+        y_test=torch.from_numpy(y_test),
+        classes=classes,
+        mean=mean,
+        std=std,
+        asym_map=asym_map,
+        human_labels=lazy.human_labels(human_noises),
+        info={"source": str(folder), "cifar_n": str(lazy.path)},
+    )
+
+
 @register_dataset("cifar10")
 def cifar10(root: Path | None, download: bool = False, expected_sizes: tuple[int, int] | None = (50000, 10000)
             ) -> Dataset:
@@ -322,29 +347,13 @@ def cifar10(root: Path | None, download: bool = False, expected_sizes: tuple[int
     """
     folder = _cifar_folder(root, download, "cifar-10-batches-py", CIFAR10_FIX, "CIFAR10")
     parts = [_batch_arrays(folder / f"data_batch_{i}", "labels", CIFAR10_FIX) for i in range(1, 6)]
-    x_train = np.concatenate([p[0] for p in parts])
-    y_train = np.concatenate([p[1] for p in parts])
-    x_test, y_test = _batch_arrays(folder / "test_batch", "labels", CIFAR10_FIX)
-    _check_sizes("CIFAR-10", folder, len(x_train), len(x_test), expected_sizes, CIFAR10_FIX)
-    for y, f in ((y_train, "data_batch_*"), (y_test, "test_batch")):
-        if len(y) and (y.min() < 0 or y.max() > 9):
-            raise DataError(f"corrupted CIFAR pickle {folder / f}: labels outside 0..9; {CIFAR10_FIX}")
+    train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    test = _batch_arrays(folder / "test_batch", "labels", CIFAR10_FIX)
+    _check_sizes("CIFAR-10", folder, len(train[0]), len(test[0]), expected_sizes, CIFAR10_FIX)
     classes = _class_names(folder / "batches.meta", "label_names", CIFAR10_CLASSES, CIFAR10_FIX)
-    assert root is not None
-    lazy = _LazyCifarN(root / "cifar-n" / "CIFAR-10_human.pt", y_train, "cifar10")
-    return Dataset(
-        name="cifar10",
-        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
-        y_train=torch.from_numpy(y_train),
-        x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
-        y_test=torch.from_numpy(y_test),
-        classes=classes,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-        asym_map=dict(CIFAR10_ASYM_MAP),
-        human_labels=lazy.human_labels(CIFAR10N_NOISES),
-        info={"source": str(folder), "cifar_n": str(lazy.path)},
-    )
+    return _cifar_dataset("cifar10", folder.parent, folder, train, test, classes, mean=CIFAR10_MEAN,
+                          std=CIFAR10_STD, asym_map=dict(CIFAR10_ASYM_MAP), human_file="CIFAR-10_human.pt",
+                          human_noises=CIFAR10N_NOISES, fix=CIFAR10_FIX)
 
 
 @register_dataset("cifar100")
@@ -357,28 +366,13 @@ def cifar100(root: Path | None, download: bool = False, expected_sizes: tuple[in
     (``cifar100n``) come lazily from ``<root>/cifar-n/CIFAR-100_human.pt``.
     """
     folder = _cifar_folder(root, download, "cifar-100-python", CIFAR100_FIX, "CIFAR100")
-    x_train, y_train = _batch_arrays(folder / "train", "fine_labels", CIFAR100_FIX)
-    x_test, y_test = _batch_arrays(folder / "test", "fine_labels", CIFAR100_FIX)
-    _check_sizes("CIFAR-100", folder, len(x_train), len(x_test), expected_sizes, CIFAR100_FIX)
-    for y, f in ((y_train, "train"), (y_test, "test")):
-        if len(y) and (y.min() < 0 or y.max() > 99):
-            raise DataError(f"corrupted CIFAR pickle {folder / f}: labels outside 0..99; {CIFAR100_FIX}")
+    train = _batch_arrays(folder / "train", "fine_labels", CIFAR100_FIX)
+    test = _batch_arrays(folder / "test", "fine_labels", CIFAR100_FIX)
+    _check_sizes("CIFAR-100", folder, len(train[0]), len(test[0]), expected_sizes, CIFAR100_FIX)
     classes = _class_names(folder / "meta", "fine_label_names", CIFAR100_CLASSES, CIFAR100_FIX)
-    assert root is not None
-    lazy = _LazyCifarN(root / "cifar-n" / "CIFAR-100_human.pt", y_train, "cifar100")
-    return Dataset(
-        name="cifar100",
-        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
-        y_train=torch.from_numpy(y_train),
-        x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
-        y_test=torch.from_numpy(y_test),
-        classes=classes,
-        mean=CIFAR100_MEAN,
-        std=CIFAR100_STD,
-        asym_map=cifar100_asym_map(),
-        human_labels=lazy.human_labels(CIFAR100N_NOISES),
-        info={"source": str(folder), "cifar_n": str(lazy.path)},
-    )
+    return _cifar_dataset("cifar100", folder.parent, folder, train, test, classes, mean=CIFAR100_MEAN,
+                          std=CIFAR100_STD, asym_map=cifar100_asym_map(), human_file="CIFAR-100_human.pt",
+                          human_noises=CIFAR100N_NOISES, fix=CIFAR100_FIX)
 
 
 # --------------------------------------------------------------------------------------------------------------
