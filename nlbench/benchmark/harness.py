@@ -233,9 +233,9 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
           dataset: Dataset | None = None, download: bool = False, compile_model: bool = False) -> dict:
     """Run one setting and return its record; with ``results_dir`` the record is also written atomically.
 
-    ``compile_model`` wraps the model's forward in ``torch.compile`` (useful on a GPU). With ``resume`` and a
-    finished record of the same config already in ``results_dir``, that record is
-    returned without training. A non-finite loss ends the run with ``status = "failed"`` and the epoch.
+    With ``resume`` and a finished record of the same config already in ``results_dir``, that record is returned
+    without training. A non-finite loss ends the run with ``status = "failed"`` and the epoch.
+    ``compile_model`` wraps the model's feature extractor in ``torch.compile`` (useful on a GPU).
     """
     cfg = canonical_config(cfg)
     if results_dir is not None and resume:
