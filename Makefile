@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-RUN_ARGS ?= --method surrogate --noise pairflip40
+RUN_ARGS ?= --method surrogate --noise pairflip40 --results-dir results/local
 
 .PHONY: setup data run test test-all bench clean
 
