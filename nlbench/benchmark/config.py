@@ -16,26 +16,17 @@ DEFAULT_MODEL = {"fashion-mnist": "lenet", "fashion-mnist-binary": "mlp", "synth
 
 #: Named protocols (``--preset``): RunConfig defaults that explicit options override. See METHODS.md,
 #: "Reference protocols".
+_FINE = dict(model="resnet34", epochs=120, batch_size=128, lr=0.02, momentum=0.9, weight_decay=1e-3,
+             schedule="step", milestones=(40, 80), gamma=0.01, augment=True, meta_size=1000)
+_MWNET = dict(model="resnet32", epochs=120, batch_size=100, lr=0.1, momentum=0.9, weight_decay=5e-4,
+              schedule="step", milestones=(80, 100), gamma=0.1, augment=True, meta_size=1000)
 _PRESETS: dict[str, dict[str, Any]] = {
     "fmnist": dict(dataset="fashion-mnist", model="lenet", epochs=3, batch_size=128, lr=0.05, momentum=0.9,
                    weight_decay=5e-4, schedule="cosine", meta_size=1000),
     # FINE (Kim et al. 2021), the paper's likely setting: ResNet-34, SGD 0.02, wd 1e-3, 120 epochs, x0.01 at 40/80.
-    "cifar10-paper": dict(dataset="cifar10", model="resnet34", epochs=120, batch_size=128, lr=0.02, momentum=0.9,
-                          weight_decay=1e-3, schedule="step", milestones=(40, 80), gamma=0.01, augment=True,
-                          meta_size=1000),
-    "cifar100-paper": dict(dataset="cifar100", model="resnet34", epochs=120, batch_size=128, lr=0.02,
-                           momentum=0.9, weight_decay=1e-3, schedule="step", milestones=(40, 80), gamma=0.01,
-                           augment=True, meta_size=1000),
-    "cifar10-jpeg-paper": dict(dataset="cifar10-jpeg", model="resnet34", epochs=120, batch_size=128, lr=0.02,
-                               momentum=0.9, weight_decay=1e-3, schedule="step", milestones=(40, 80), gamma=0.01,
-                               augment=True, meta_size=1000),
+    **{f"{ds}-paper": dict(_FINE, dataset=ds) for ds in ("cifar10", "cifar100", "cifar10-jpeg")},
     # MW-Net (Shu et al. 2019): ResNet-32, SGD 0.1, wd 5e-4, batch 100, 120 epochs, x0.1 at 80/100.
-    "mwnet-cifar10": dict(dataset="cifar10", model="resnet32", epochs=120, batch_size=100, lr=0.1, momentum=0.9,
-                          weight_decay=5e-4, schedule="step", milestones=(80, 100), gamma=0.1, augment=True,
-                          meta_size=1000),
-    "mwnet-cifar100": dict(dataset="cifar100", model="resnet32", epochs=120, batch_size=100, lr=0.1,
-                           momentum=0.9, weight_decay=5e-4, schedule="step", milestones=(80, 100), gamma=0.1,
-                           augment=True, meta_size=1000),
+    **{f"mwnet-{ds}": dict(_MWNET, dataset=ds) for ds in ("cifar10", "cifar100")},
     # Clothing1M: ResNet-50, batch 64, lr 0.002, 10 epochs (the paper starts from ImageNet weights, which nlbench
     # does not download; see the README).
     "clothing1m-paper": dict(dataset="clothing1m", model="resnet50", epochs=10, batch_size=64, lr=0.002,
