@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 import tomllib
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nlbench.benchmark.config import RunConfig
+from nlbench.benchmark.progress import ProgressBar
 from nlbench.benchmark.records import atomic_write_text, find_record, runs_dir, write_record
 from nlbench.errors import NLBenchError
 
@@ -613,26 +613,6 @@ def _update_grid_log(results_dir: Path, name: str, configs: list[RunConfig], sum
     atomic_write_text(path, json.dumps(log, indent=1, sort_keys=True) + "\n")
 
 
-class _Bar:
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.bar = None
-        if enabled and total and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("{task.fields[last]}"), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total, last="")
-
-    def advance(self, last: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, last=last)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def payload_for(cfg: RunConfig, data_root: str | os.PathLike | None = None, device: str = "auto",
                 threads: int | None = None) -> dict:
     """The :func:`run_one` payload of ``cfg``."""
@@ -662,7 +642,7 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
     summary = GridSummary(name=name, total=len(configs))
     say = log or (lambda _msg: None)
     claims = Claims(results_dir, ttl=claim_ttl)
-    bar = _Bar(False, 0, "")
+    bar = ProgressBar(False, 0, "")
     try:
         todo: list[RunConfig] = []
         for cfg in configs:
@@ -678,7 +658,7 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
             else:
                 todo.append(cfg)
         claims.start_heartbeat()
-        bar = _Bar(progress, len(todo), f"grid {name}")
+        bar = ProgressBar(progress, len(todo), f"grid {name}")
         expected = {cfg.run_name() for cfg in todo}
         for payload, result in executor.run([payload_for(c, data_root, device) for c in todo]):
             cfg = RunConfig.from_dict(payload["config"])

@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from nlbench.benchmark.noise import (
     parse_noise,
     standardise_features,
 )
+from nlbench.benchmark.progress import ProgressBar
 from nlbench.benchmark.records import SCHEMA_VERSION, ensure_runs_dir, find_record, record_path, write_record
 from nlbench.benchmark.splits import Splits, make_splits
 from nlbench.benchmark.telemetry import weight_telemetry
@@ -206,28 +206,6 @@ def canonical_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-class _Progress:
-    """A rich progress bar on a terminal; silent otherwise (logs stay clean in CI and workers)."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total, status="")
-
-    def advance(self, status: str | None = None) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1, **({"status": status} if status else {}))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device: str = "auto",
           results_dir: str | os.PathLike | None = None, progress: bool = False, resume: bool = True,
           dataset: Dataset | None = None, download: bool = False, compile_model: bool = False) -> dict:
@@ -281,7 +259,7 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     is_noisy = train_set.is_noisy
     history: list[dict] = []
     status, error = "ok", None
-    bar = _Progress(progress, cfg.epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}")
+    bar = ProgressBar(progress, cfg.epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}")
     step = 0
 
     def snapshot(epoch: int) -> None:  # the feature view: eval mode, no grad, no RNG; training is unchanged
