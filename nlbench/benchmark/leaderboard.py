@@ -77,12 +77,14 @@ def _protocol_id(protocol: dict) -> str:
     return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
-def _num(v: Any) -> float:
+def as_float(v: Any) -> float:
+    """A record's number as a float; NaN for a missing, boolean or non-numeric value."""
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v is not None else math.nan
 
 
-def _mean_epoch_time(history: list) -> float:
-    times = [_num(h.get("epoch_time_s")) for h in history if isinstance(h, dict)]
+def mean_epoch_time(history: list) -> float:
+    """Mean ``epoch_time_s`` over a record's history (NaN if none is logged)."""
+    times = [as_float(h.get("epoch_time_s")) for h in history if isinstance(h, dict)]
     times = [t for t in times if math.isfinite(t)]
     return float(np.mean(times)) if times else math.nan
 
@@ -131,11 +133,11 @@ def _runs_frame(records: Iterable[dict]) -> tuple[pd.DataFrame, dict[str, dict]]
             "section": sid, "dataset": rec["dataset"], "model": rec["model"], "noise": rec["noise"],
             "method": method_label(rec), "seed": int(rec["seed"]), "status": rec["status"],
             "oracle": bool(rec.get("oracle", False)), "config_hash": rec["config_hash"],
-            "last_acc": _num(final.get("last_acc")) if ok else math.nan,
-            "best_acc": _num(final.get("best_acc")) if ok else math.nan,
-            "last5_acc": _num(final.get("last5_acc")) if ok else math.nan,
-            "epoch_time": _mean_epoch_time(rec.get("history") or []) if ok else math.nan,
-            "realised_rate": _num((rec.get("noise_report") or {}).get("realised_rate")),
+            "last_acc": as_float(final.get("last_acc")) if ok else math.nan,
+            "best_acc": as_float(final.get("best_acc")) if ok else math.nan,
+            "last5_acc": as_float(final.get("last5_acc")) if ok else math.nan,
+            "epoch_time": mean_epoch_time(rec.get("history") or []) if ok else math.nan,
+            "realised_rate": as_float((rec.get("noise_report") or {}).get("realised_rate")),
             "has_weights": any(isinstance(h, dict) and "w_clean_mean" in h for h in rec.get("history") or []),
         })
     cols = ["section", "dataset", "model", "noise", "method", "seed", "status", "oracle", "config_hash",
@@ -274,7 +276,8 @@ def _name(method: str, oracle: bool) -> str:
     return f"{method} {ORACLE_TAG}" if oracle else method
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]], right_from: int = 1) -> list[str]:
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]], right_from: int = 1) -> list[str]:
+    """Markdown table lines; columns from ``right_from`` on are right-aligned."""
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i < right_from else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -319,12 +322,12 @@ def _wall_time_lines(hashes: set[str], grid_logs: Sequence[dict]) -> list[str]:
         if not covered:
             continue
         total = len(log.get("config_hashes") or [])
-        cum = _num(log.get("cumulative_wall_time_s"))
+        cum = as_float(log.get("cumulative_wall_time_s"))
         cum_s = f"; cumulative {cum:.1f} s over {log.get('invocations', '?')} invocation(s)" \
             if math.isfinite(cum) else ""
-        if math.isfinite(_num(log.get("wall_time_s"))):
+        if math.isfinite(as_float(log.get("wall_time_s"))):
             lines.append(f"- grid `{log.get('name')}` ({len(covered)} of its {total} runs shown here): "
-                         f"measured wall time {_num(log['wall_time_s']):.1f} s for the invocation that completed "
+                         f"measured wall time {as_float(log['wall_time_s']):.1f} s for the invocation that completed "
                          f"it ({log.get('runs_in_last_invocation', '?')} runs, finished {log.get('finished')})"
                          f"{cum_s}.")
         else:
@@ -372,7 +375,7 @@ def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), 
             rows = [[_name(c.method, c.oracle), fmt_mean_std(c.mean, c.std), str(c.n),
                      f"[{fmt_pct(c.lo)}, {fmt_pct(c.hi)}]", fmt_mean_std(c.best_mean, c.best_std), str(c.n_failed)]
                     for c in ref.sort_values(["oracle", "method"]).itertuples(index=False)]
-            out += _table(["method", "last epoch acc (%)", "n", "95% CI", "best epoch (optimistic)", "failed"],
+            out += md_table(["method", "last epoch acc (%)", "n", "95% CI", "best epoch (optimistic)", "failed"],
                           rows)
             out.append("")
         noises = sorted(set(cells.loc[~cells["reference"], "noise"]), key=noise_sort_key)
@@ -388,7 +391,7 @@ def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), 
                              str(c.n_failed),
                              "—" if not math.isfinite(c.delta_vs_erm) else f"{100 * c.delta_vs_erm:+.2f}",
                              fmt_p(c.p_holm), "—" if not math.isfinite(c.cost) else f"{c.cost:.2f}"])
-            out += _table(["method", "last epoch acc (%)", "n", "95% CI", "best epoch (optimistic)", "failed",
+            out += md_table(["method", "last epoch acc (%)", "n", "95% CI", "best epoch (optimistic)", "failed",
                            "Δ vs erm", "p vs erm (Holm)", "epoch time × erm"], rows)
             links = [f"[accuracy per epoch]({plots_dir}/{plot_file(slug, noise, 'acc')})"]
             sec_runs = t.runs[(t.runs["section"] == sec.section) & (t.runs["noise"] == noise)]
@@ -411,7 +414,7 @@ def _ranks_section(t: Tables, section: str, cells: pd.DataFrame, plots_dir: str,
     order = ranks.assign(_r=ranks["avg_rank"].fillna(np.inf)).sort_values(["_r", "method"], kind="stable")
     rows = [[r.method, "—" if not math.isfinite(r.avg_rank) else f"{r.avg_rank:.2f}", fmt_pct(r.mean_acc),
              "—" if not math.isfinite(r.cost) else f"{r.cost:.2f}"] for r in order.itertuples(index=False)]
-    out += _table(["method", "average rank", "mean last epoch acc (%)", "epoch time × erm"], rows)
+    out += md_table(["method", "average rank", "mean last epoch acc (%)", "epoch time × erm"], rows)
     out.append("")
     tr = tests.iloc[0]
     n_set, k = int(tr["n_settings"]), int(tr["k_methods"])

@@ -204,6 +204,28 @@ def leaderboard(
     console.print(f"leaderboard of {len(records)} records written to {out}")
 
 
+@app.command()
+def table(
+    by: Annotated[str, typer.Option(help="Config key the sweep varies, e.g. meta_size or method_options.alpha.")],
+    results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
+    out: Annotated[Path, typer.Option(help="Markdown file to write ('-' for stdout).")] = Path("-"),
+    title: Annotated[str | None, typer.Option(help="Heading of the Markdown file.")] = None,
+) -> None:
+    """Tabulate a sweep: accuracy, weight filtering quality and cost per value of one config key, per noise
+    and method (records that differ in other keys go to separate tables)."""
+    from nlbench.benchmark.records import atomic_write_text
+    from nlbench.benchmark.sweep import render_sweep
+
+    with user_errors():
+        records, _ = _load(results_dir)
+        text = render_sweep(records, by, title)
+        if str(out) == "-":
+            sys.stdout.write(text)
+            return
+        atomic_write_text(out, text)
+    console.print(f"sweep table of {results_dir} by {by} written to {out}")
+
+
 @plot_app.callback(invoke_without_command=True)
 def plot(
     ctx: typer.Context,
