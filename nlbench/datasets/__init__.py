@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import types
+import typing
+from pathlib import Path
 
 from nlbench.datasets.base import Dataset, resolve_root
 from nlbench.errors import NLBenchError
@@ -36,7 +39,37 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, *, downl
         unknown = sorted(set(options) - set(valid))
         raise NLBenchError(f"unknown option(s) {', '.join(map(repr, unknown))} for dataset {name!r}; valid: "
                            f"{', '.join(valid) or 'none'}") from None
+    hints = typing.get_type_hints(loader)
+    for key, value in options.items():
+        if key in hints and not _matches(value, hints[key]):
+            hint = hints[key].__name__ if isinstance(hints[key], type) else str(hints[key]).replace("typing.", "")
+            raise NLBenchError(f"dataset option {key}={value!r} for {name!r} must be of type {hint}")
     return loader(resolve_root(data_root), download=download, **options)
+
+
+def _matches(value, hint) -> bool:
+    """Whether a ``--data-opt`` value (parsed from JSON) fits a loader's annotation; types this check does not
+    know pass, and the loader has the last word."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str or hint is Path:
+        return isinstance(value, str)
+    if hint in (tuple, list) or origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_matches(v, args[0]) for v in value)
+    return True
 
 
 # Importing the modules runs their decorators.
