@@ -200,7 +200,7 @@ def test_grid_log_wall_time_stated(results):
            "cumulative_wall_time_s": 200.0, "invocations": 2, "finished": "2025-01-01T00:00:00+00:00",
            "runs_in_last_invocation": 4}
     md = render_leaderboard(records, [log])
-    assert ("- grid `smoke` (5 of its 6 runs shown here): measured wall time 123.5 s for the invocation that "
+    assert ("- grid `smoke` (5 of its 6 runs shown here): measured wall time 123.5 s (2.1 min) for the invocation that "
             "completed it (4 runs, finished 2025-01-01T00:00:00+00:00); cumulative 200.0 s over 2 invocation(s)."
             ) in md
 

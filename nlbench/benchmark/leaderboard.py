@@ -327,7 +327,8 @@ def _wall_time_lines(hashes: set[str], grid_logs: Sequence[dict]) -> list[str]:
             if math.isfinite(cum) else ""
         if math.isfinite(as_float(log.get("wall_time_s"))):
             lines.append(f"- grid `{log.get('name')}` ({len(covered)} of its {total} runs shown here): "
-                         f"measured wall time {as_float(log['wall_time_s']):.1f} s for the invocation that completed "
+                         f"measured wall time {as_float(log['wall_time_s']):.1f} s "
+                         f"({as_float(log['wall_time_s']) / 60:.1f} min) for the invocation that completed "
                          f"it ({log.get('runs_in_last_invocation', '?')} runs, finished {log.get('finished')})"
                          f"{cum_s}.")
         else:
