@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from nlbench.datasets import _matches, load_dataset
@@ -13,6 +16,7 @@ from nlbench.errors import NLBenchError
     (None, int | None, True), ([1, 2], tuple[int, int] | None, True), ([1, 2, 3], tuple[int, int], False),
     (5, tuple[int, int] | None, False), (["a", 1], tuple[int, int], False), ([0, 6], str | list | tuple, True),
     ("0,6", str | list | tuple, True), ([1, 2, 3], tuple[int, ...], True), ("x", bool, False),
+    (np.int64(3), int, True), (np.float32(0.5), float, True), (Path("a"), Path, True), (3, Path, False),
 ])
 def test_matches(value, hint, ok):
     assert _matches(value, hint) is ok

@@ -8,6 +8,7 @@ data root (see :func:`nlbench.datasets.base.resolve_root`).
 from __future__ import annotations
 
 import inspect
+import numbers
 import os
 import types
 import typing
@@ -58,11 +59,13 @@ def _matches(value, hint) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str or hint is Path:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
         return isinstance(value, str)
+    if hint is Path:
+        return isinstance(value, str | os.PathLike)
     if hint in (tuple, list) or origin in (tuple, list):
         if not isinstance(value, list | tuple):
             return False
