@@ -26,3 +26,12 @@ def test_leaderboard_md_regenerates_from_the_records(in_repo):
 def test_committed_results_folder_is_clean(in_repo):
     res = CliRunner().invoke(app, ["results", "check"])
     assert res.exit_code == 0, res.output
+
+
+def test_metasize_table_regenerates_from_its_records(in_repo):
+    folder = ROOT / "results" / "sweeps" / "metasize"
+    title = (folder / "table.md").read_text().splitlines()[0].removeprefix("# ")
+    res = CliRunner().invoke(app, ["table", "--by", "meta_size", "--results-dir", str(folder), "--out", "-",
+                                   "--title", title])
+    assert res.exit_code == 0, res.output
+    assert res.output == (folder / "table.md").read_text()
