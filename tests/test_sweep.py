@@ -97,8 +97,12 @@ def test_dotted_keys():
     recs = [make_record("surrogate", 100, s, 0.7) for s in range(2)]
     for i, r in enumerate(recs):
         r["config"]["method_options"] = {"alpha": 0.1 * (i + 1)}
+    for r in recs:
+        r["config"]["method_options"]["mode"] = "direct"
     runs = sweep_runs(recs, "method_options.alpha")
     assert sorted(runs["value"]) == pytest.approx([0.1, 0.2])
+    # the swept option is the row's value, not part of the method's name; the other options stay in it
+    assert set(runs["method"]) == {'surrogate[mode="direct"]'}
 
 
 def test_cli_writes_the_table_and_reports_unknown_keys(tmp_path):

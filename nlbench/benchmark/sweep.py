@@ -104,7 +104,8 @@ def sweep_runs(records: Iterable[dict], by: str) -> pd.DataFrame:
         rows.append({
             "table": hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6],
             "protocol": json.dumps(rest, sort_keys=True), "value": value, "noise": rec["noise"],
-            "method": method_label(rec), "seed": int(rec["seed"]), "status": rec.get("status"),
+            "method": method_label({**rec, "config": _without(rec.get("config") or {}, by)}),
+            "seed": int(rec["seed"]), "status": rec.get("status"),
             "config_hash": rec.get("config_hash", ""),
             "last_acc": as_float(final.get("last_acc")) if ok else math.nan,
             "best_acc": as_float(final.get("best_acc")) if ok else math.nan,
