@@ -7,12 +7,18 @@ of gzipped IDX files in ``tmp_path`` and the loader's expected counts patched to
 from __future__ import annotations
 
 import gzip
+import signal
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# A test run started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored, and every process
+# it spawns would inherit that too, so the tests that press Ctrl-C on a subprocess would test nothing. A handler
+# (unlike "ignore") is reset to the default across exec, so the subprocesses get Ctrl-C back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 N_TRAIN, N_TEST = 200, 50
 FMNIST_NAMES = {

@@ -43,7 +43,14 @@ from typing import Any, Protocol
 
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.progress import ProgressBar
-from nlbench.benchmark.records import atomic_write_text, find_record, runs_dir, write_record
+from nlbench.benchmark.records import (
+    atomic_write_text,
+    find_record,
+    orphaned_temps,
+    pid_alive,
+    runs_dir,
+    write_record,
+)
 from nlbench.errors import NLBenchError
 
 GRIDS_FILE = "grids.toml"
@@ -342,23 +349,6 @@ def claim_path(results_dir: str | os.PathLike, run_name: str) -> Path:
     return claims_dir(results_dir) / f"{run_name}.claim"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host and is not a zombie (a killed, unreaped process)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] not in "ZX"
-    except (OSError, ValueError, IndexError):
-        return True
-
-
 def read_claim(path: str | os.PathLike) -> dict | None:
     """The claim's content, ``{}`` if it is unreadable (being written, or garbage), ``None`` if it is gone."""
     try:
@@ -634,7 +624,8 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
 
     On ``KeyboardInterrupt`` the executor is closed, this driver's claims are released, the grid log keeps the
     time spent, ``summary.interrupted`` is set and the interrupt is re-raised with the summary as its first
-    argument (the CLI exits 130). A ``kill -9`` leaves at most stale claims, which the next call takes over.
+    argument (the CLI exits 130). A ``kill -9`` leaves at most stale claims, which the next call takes over, and
+    the temp file of a record being written, which the next call deletes.
     """
     results_dir = Path(results_dir)
     t0 = time.perf_counter()
@@ -643,6 +634,10 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
     say = log or (lambda _msg: None)
     claims = Claims(results_dir, ttl=claim_ttl)
     bar = ProgressBar(False, 0, "")
+    for folder in (runs_dir(results_dir), results_dir / GRIDS_DIR):  # what killed writers left behind
+        for tmp in orphaned_temps(folder):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     try:
         todo: list[RunConfig] = []
         for cfg in configs:

@@ -2,8 +2,9 @@
 
 Records are the truth: tables, plots and the leaderboard are regenerated from them. A record lives at
 ``<results_dir>/runs/<dataset>__<method>__<noise>__s<seed>__<hash>.json``. It is written to a temp file in the
-same folder (``.<name>.tmp-<pid>``), flushed, fsynced and renamed, so a reader never sees half a record and a
-killed writer leaves only a dot-file temp that readers ignore and ``nlbench results check`` reports.
+same folder (``.<name>.tmp-<pid>@<host>-<random>``), flushed, fsynced and renamed, so a reader never sees half a
+record. A killed writer leaves only that dot-file temp: readers ignore it, ``nlbench results check`` reports it
+once its writer is gone, and the next ``nlbench grid`` on the folder deletes it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,9 @@ from nlbench.errors import NLBenchError
 
 SCHEMA_VERSION = 1
 RUNS_DIR = "runs"
+TEMP_MARK = ".tmp-"
+#: seconds after which any temp file counts as orphaned, whoever wrote it (a writer on another host, a reused pid)
+ORPHAN_TTL = 3600.0
 
 #: key -> type(s) every record must have (the schema that readers rely on)
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -54,7 +61,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}{os.getpid()}@{_host_tag()}-", dir=path.parent)
     except OSError as e:
         raise NLBenchError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     try:
@@ -70,6 +77,51 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host and is not a zombie (a killed, unreaped process)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] not in "ZX"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+def is_orphaned_temp(path: str | os.PathLike, *, ttl: float = ORPHAN_TTL, now: float | None = None) -> bool:
+    """Whether a temp file of :func:`atomic_write_text` has no writer any more: its writer process on this host
+    is gone, it is older than ``ttl`` seconds, or its name carries no writer (an older nlbench's). A temp
+    being written right now is not orphaned, so checking a folder while a grid runs reports nothing."""
+    path = Path(path)
+    m = re.search(re.escape(TEMP_MARK) + r"(\d+)@(.+)-[^-]*$", path.name)
+    if m is None:
+        return True
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False  # renamed into place meanwhile
+    return age > ttl or (m.group(2) == _host_tag() and not pid_alive(int(m.group(1))))
+
+
+def orphaned_temps(folder: str | os.PathLike, ttl: float = ORPHAN_TTL) -> list[Path]:
+    """The orphaned temp files (see :func:`is_orphaned_temp`) directly in ``folder``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.iterdir())
+            if p.name.startswith(".") and TEMP_MARK in p.name and is_orphaned_temp(p, ttl=ttl)]
 
 
 def ensure_runs_dir(results_dir: str | os.PathLike) -> Path:
@@ -139,7 +191,7 @@ def scan_records(results_dir: str | os.PathLike) -> tuple[list[dict], list[Recor
     seen: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
-            if ".tmp-" in path.name:
+            if TEMP_MARK in path.name and is_orphaned_temp(path):
                 problems.append(RecordProblem(path, "orphaned temp file"))
             continue
         if path.suffix != ".json":

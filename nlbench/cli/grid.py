@@ -272,7 +272,7 @@ def results_check(
     """List unreadable or schema-breaking records, orphaned temp files, stale claims and duplicate config
     hashes; exit 1 if there are any, 0 if the folder is clean."""
     from nlbench.benchmark.grid import read_grid_logs, stale_claims
-    from nlbench.benchmark.records import scan_records
+    from nlbench.benchmark.records import orphaned_temps, scan_records
 
     with user_errors():
         if not results_dir.is_dir():
@@ -283,7 +283,7 @@ def results_check(
         lines += [f"{p}: {why}" for p, why in read_grid_logs(results_dir)[1]]
         grids = results_dir / "grids"
         if grids.is_dir():
-            lines += [f"{p}: orphaned temp file" for p in sorted(grids.glob(".*.tmp-*"))]
+            lines += [f"{p}: orphaned temp file" for p in orphaned_temps(grids)]
     for line in lines:
         print(line)
     print(f"{len(records)} valid records, {len(lines)} problem(s) in {results_dir}")
