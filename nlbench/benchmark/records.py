@@ -188,11 +188,10 @@ def scan_records(results_dir: str | os.PathLike) -> tuple[list[dict], list[Recor
     problems: list[RecordProblem] = []
     if not folder.is_dir():
         return records, problems
+    problems += [RecordProblem(path, "orphaned temp file") for path in orphaned_temps(folder)]
     seen: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            if TEMP_MARK in path.name and is_orphaned_temp(path):
-                problems.append(RecordProblem(path, "orphaned temp file"))
+        if path.name.startswith("."):  # temps (reported above when orphaned), claims, editor files
             continue
         if path.suffix != ".json":
             continue

@@ -89,7 +89,8 @@ def _keys(records: list[dict]) -> list[str]:
 
 def sweep_runs(records: Iterable[dict], by: str) -> pd.DataFrame:
     """One row per record: ``table`` (id of the protocol without ``by``), ``value`` (of ``by``), ``noise``,
-    ``method``, ``seed``, ``status``, accuracies, weight summaries and epoch time. Raises if no record has
+    ``value_key`` (its sort key: numbers in numeric order), ``method``, ``seed``, ``status``, accuracies, weight
+    summaries and epoch time. Raises if no record has
     ``by`` in its config (with the valid keys and a close match)."""
     records = list(records)
     rows = []
@@ -118,11 +119,11 @@ def sweep_runs(records: Iterable[dict], by: str) -> pd.DataFrame:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise NLBenchError(f"no record has the config key {by!r}{hint}; valid: {', '.join(keys) or 'none'}")
     runs = pd.DataFrame(rows)
-    runs["_v"] = runs["value"].map(_value_key)
-    runs = runs.sort_values(["table", "noise", "_v", "method", "seed", "config_hash"], kind="stable")
+    runs["value_key"] = runs["value"].map(_value_key)
+    runs = runs.sort_values(["table", "noise", "value_key", "method", "seed", "config_hash"], kind="stable")
     # two records of one (value, method, seed) can differ only in record options: keep one, the smaller hash
-    runs = runs.drop_duplicates(["table", "noise", "_v", "method", "seed"], keep="first")
-    return runs.drop(columns="_v").reset_index(drop=True)
+    runs = runs.drop_duplicates(["table", "noise", "value_key", "method", "seed"], keep="first")
+    return runs.reset_index(drop=True)
 
 
 def _value_key(value: Any) -> tuple:
@@ -134,23 +135,21 @@ def _value_key(value: Any) -> tuple:
 
 def sweep_cells(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (table, noise, value, method): ``n_runs``, ``n_failed``, ``n``, ``mean``, ``std``, ``lo``, ``hi``,
-    ``best_mean``, the mean weight summaries, ``epoch_time`` and ``cost`` (epoch time / erm's at the same
+    ``best_acc``, the mean weight summaries, ``epoch_time`` and ``cost`` (epoch time / erm's at the same
     value, NaN without erm)."""
     cells = []
-    for (table, noise, _, method), g in runs.groupby(
-            ["table", "noise", runs["value"].map(_value_key), "method"], sort=True):
+    for (table, noise, vkey, method), g in runs.groupby(["table", "noise", "value_key", "method"], sort=True):
         ok = g[g["status"] == "ok"]
         mean, std, n, lo, hi = stats.t_interval(ok["last_acc"].to_numpy(float))
-        cells.append({"table": table, "noise": noise, "value": g["value"].iloc[0], "method": method,
+        cells.append({"table": table, "noise": noise, "value": g["value"].iloc[0], "value_key": vkey,
+                      "method": method,
                       "n_runs": len(g), "n_failed": int((g["status"] != "ok").sum()), "n": n, "mean": mean,
                       "std": std, "lo": lo, "hi": hi,
                       **{c: _nanmean(ok[c]) for c in ("best_acc", "auroc", "noisy_end", "clean_end", "drift",
                                                      "epoch_time")}})
     out = pd.DataFrame(cells)
-    erm_time = {(r.table, r.noise, _value_key(r.value)): r.epoch_time
-                for r in out.itertuples() if r.method == BASELINE}
-    out["cost"] = [r.epoch_time / erm_time.get((r.table, r.noise, _value_key(r.value)), math.nan)
-                   for r in out.itertuples()]
+    erm_time = {(r.table, r.noise, r.value_key): r.epoch_time for r in out.itertuples() if r.method == BASELINE}
+    out["cost"] = [r.epoch_time / erm_time.get((r.table, r.noise, r.value_key), math.nan) for r in out.itertuples()]
     return out
 
 
