@@ -129,7 +129,7 @@ def test_version():
     (["--noise", "asym40"], ["asym noise needs a class map, and dataset 'synthetic' defines none"]),
     (["--meta-size", "400"], ["meta size 400 needs 100 samples of class", "at most 99 per class possible"]),
     (["--epochs", "0"], ["--epochs must be at least 1, got 0"]),
-    (["--opt", "nonsense=1"], ["bad options for method 'erm'"]),
+    (["--opt", "nonsense=1"], ["unknown option 'nonsense' for method 'erm'"]),
     (["--milestones", "a,b"], ["--milestones must be comma-separated integers"]),
 ])
 def test_run_user_errors(args, fragments, tmp_path):

@@ -17,8 +17,9 @@ TELEMETRY = {"w_clean_mean", "w_noisy_mean", "w_auroc", "w_noisy_below_0.1", "w_
 
 def tiny_config(method: str, **kw) -> RunConfig:
     """2 epochs of the synthetic mixture: 400 samples, 40 meta, 40 validation, batch 64 (5 steps an epoch)."""
-    return RunConfig(method=method, noise="sym40", dataset="synthetic", epochs=2, meta_size=40, val_size=40,
-                     batch_size=64, dataset_options={"n_train": 400, "n_test": 100}, **kw)
+    base = dict(noise="sym40", dataset="synthetic", epochs=2, meta_size=40, val_size=40, batch_size=64,
+                dataset_options={"n_train": 400, "n_test": 100})
+    return RunConfig(method=method, **{**base, **kw})
 
 
 @pytest.mark.parametrize("name", list_methods())

@@ -235,3 +235,23 @@ def test_registry_flags_and_options():
     opts = create_method("surrogate-no-sign", alpha=0.2).options()
     assert opts["alpha"] == 0.2 and opts["signed"] is False and set(opts) == {
         "mode", "alpha", "w0", "scale", "refresh", "meta_batch", "meta_bn", "center", "row_shift", "signed"}
+
+
+@pytest.mark.parametrize("default", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_surrogate_scores_keep_the_input_precision(default, dtype):
+    """float64 in, float64 out; bf16 upcast to float32; under any default dtype (row_shift uses torch.where)."""
+    g = torch.Generator().manual_seed(0)
+    feats, meta = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(9, 5, generator=g,
+                                                                                   dtype=torch.float64)
+    labels, meta_labels = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    reference = surrogate_scores(feats, labels, meta, meta_labels, 3)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        r = surrogate_scores(feats.to(dtype), labels, meta.to(dtype), meta_labels, 3, row_shift=True)
+    finally:
+        torch.set_default_dtype(old)
+    assert r.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(r.double(), reference, atol=tol, rtol=tol)

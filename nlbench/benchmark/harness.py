@@ -15,7 +15,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -142,6 +142,13 @@ def noisy_pool(cfg: RunConfig, dataset: Dataset) -> NoisyPool:
     return NoisyPool(splits, pool_noisy, val_noisy, report, val_report)
 
 
+def nominal_rate(report: dict) -> float:
+    """The nominal share of wrong labels, ``1 - mean diag(T)`` of the nominal matrix (the realised one for
+    human noise), assuming balanced classes: 0.5 for ``sym50``, 0.28 for Fashion-MNIST ``asym40``."""
+    T = np.asarray(report.get("nominal_transition_matrix") or report["transition_matrix"], dtype=float)
+    return float(1 - np.mean(np.diag(T)))
+
+
 def to_device(noisy: NoisyPool, dataset: Dataset, device: torch.device) -> TrainData:
     """Move the splits to ``device`` as the tensors the loop and the methods use."""
     y = dataset.y_train.numpy()
@@ -231,31 +238,46 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     method = create_method(cfg.method, **cfg.method_options)
     noisy = noisy_pool(cfg, dataset)
     data = to_device(noisy, dataset, dev)
-    train_set = method.train_set(data)
+    # Enforced, not trusted: a method that does not declare the meta set never sees it (the feature view, which
+    # is telemetry, still projects with it).
+    seen = data if method.uses_meta else replace(data, meta_x=data.meta_x[:0], meta_y=data.meta_y[:0])
+    train_set = method.train_set(seen)
     view = FeatureView.create(cfg.record_options, cfg.epochs, cfg.effective_noise_seed, noisy.pool_noisy,
                               dataset.y_train.numpy()[noisy.splits.pool], len(noisy.splits.meta), dataset.classes)
     n = len(train_set)
     if n < 2:
         raise NLBenchError(f"method {cfg.method!r} has {n} training samples; nothing to train on")
 
-    with torch.random.fork_rng(devices=[]):  # module init uses the global RNG: fence it off, seeded
-        torch.manual_seed(seed_int(cfg.seed, 1))
-        try:
-            model = create_model(cfg.model, dataset.num_classes, dataset.input_shape)
-        except ValueError as e:
-            raise NLBenchError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}: {e}") from None
-    model = model.to(dev)
-    if dev.type == "cuda" and len(dataset.input_shape) == 3:
-        model = model.to(memory_format=torch.channels_last)
+    def build_model(k: int) -> torch.nn.Module:
+        # module init uses the global RNG: fence it off, seeded; stream k = 0 is the main model's (k >= 1: a
+        # method's extra networks)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_int(cfg.seed, 1) if k == 0 else seed_int(cfg.seed, 1, k))
+            try:
+                net = create_model(cfg.model, dataset.num_classes, dataset.input_shape)
+            except ValueError as e:
+                raise NLBenchError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}: {e}") from None
+        net = net.to(dev)
+        if dev.type == "cuda" and len(dataset.input_shape) == 3:
+            net = net.to(memory_format=torch.channels_last)
+        return net
+
+    model = build_model(0)
     prep, autocast = make_prep(dataset, dev), autocast_factory(dev)
     if compile_model:  # compile the feature extractor: forward (head(features)) and the surrogate both use it
         model.features = torch.compile(model.features)
-    method.setup(MethodContext(model=model, meta_x=prep(data.meta_x), meta_y=data.meta_y, num_train=n,
-                               num_classes=dataset.num_classes, batch_size=cfg.batch_size, device=dev,
-                               generator=make_generator(dev, cfg.seed, 3), prep=prep, autocast=autocast))
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    shuffle_g, aug_g = make_generator(dev, cfg.seed, 2), make_generator(dev, cfg.seed, 4)
     steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size >= 2)  # a last batch of 1 breaks BatchNorm
+    method.setup(MethodContext(model=model, meta_x=prep(seen.meta_x), meta_y=seen.meta_y, num_train=n,
+                               num_classes=dataset.num_classes, batch_size=cfg.batch_size, device=dev,
+                               generator=make_generator(dev, cfg.seed, 3), prep=prep, autocast=autocast,
+                               train_x=train_set.x, train_y=train_set.y, epochs=cfg.epochs,
+                               steps_per_epoch=steps_per_epoch,
+                               noise_rate=nominal_rate(noisy.noise_report) if method.uses_noise_rate else None,
+                               model_factory=build_model, eval_batch=EVAL_BATCH))
+    networks = method.networks()
+    params = list(model.parameters()) + [p for net in networks for p in net.parameters()]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    shuffle_g, aug_g = make_generator(dev, cfg.seed, 2), make_generator(dev, cfg.seed, 4)
     is_noisy = train_set.is_noisy
     history: list[dict] = []
     status, error = "ok", None
@@ -269,8 +291,10 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     try:
         snapshot(0)
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
+            for net in (model, *networks):
+                net.train()
             t0 = time.perf_counter()
+            method.on_epoch_start(epoch, model)
             perm = torch.randperm(n, device=dev, generator=shuffle_g)
             weights_seen = torch.full((n,), float("nan"), device=dev) if method.reweights else None
             loss_sum = torch.zeros((), device=dev)
@@ -292,15 +316,17 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
                     weights_seen[idx] = out.weights.detach().float()
                 step += 1
                 bar.advance()
+            method.on_epoch_end(epoch, model)
             train_loss = loss_sum.item() / steps_per_epoch  # the one sync per epoch
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             epoch_time = time.perf_counter() - t0
             if not math.isfinite(train_loss):
                 raise DivergenceError(f"non-finite training loss ({train_loss}) in epoch {epoch}", epoch)
+            judged = method.eval_model(model)
             entry = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "epoch_time_s": epoch_time,
-                     "test_acc": evaluate(model, data.test_x, data.test_y, prep, autocast),
-                     "val_acc": evaluate(model, data.val_x, data.val_y, prep, autocast)}
+                     "test_acc": evaluate(judged, data.test_x, data.test_y, prep, autocast),
+                     "val_acc": evaluate(judged, data.val_x, data.val_y, prep, autocast)}
             if method.reweights:
                 persistent = method.sample_weights()
                 w = persistent if persistent is not None else weights_seen
@@ -322,6 +348,7 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
         "schema": SCHEMA_VERSION, "run_name": cfg.run_name(), "config_hash": cfg.hash(),
         "method": cfg.method, "noise": cfg.noise, "dataset": cfg.dataset, "model": cfg.model,
         "seed": cfg.seed, "noise_seed": cfg.effective_noise_seed, "status": status, "oracle": method.oracle,
+        "uses_noise_rate": method.uses_noise_rate, "uses_meta": method.uses_meta,
         "config": cfg.to_dict(), "method_options": method.options(),
         "env": environment(dev), "dataset_info": dict(dataset.info),
         "noise_report": noisy.noise_report, "val_noise_report": noisy.val_noise_report,

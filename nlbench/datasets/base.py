@@ -57,6 +57,21 @@ class Dataset:
             raise DataError(f"{self.name}: images and labels differ in length")
 
 
+def balanced_subsample(y: np.ndarray, n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions of a class-balanced subsample of ``n`` labels: ``n // C`` per class, the remainder one
+    each to classes drawn with ``rng``; raises :class:`DataError` if a class has too few samples."""
+    per = np.full(num_classes, n // num_classes)
+    per[rng.choice(num_classes, n % num_classes, replace=False)] += 1
+    keep = []
+    for c in range(num_classes):
+        members = np.flatnonzero(y == c)
+        if len(members) < per[c]:
+            raise DataError(f"class {c} has {len(members)} samples, fewer than the {per[c]} a balanced subsample "
+                            f"of {n} needs")
+        keep.append(rng.choice(members, per[c], replace=False))
+    return np.sort(np.concatenate(keep))
+
+
 def resolve_root(data_root: str | os.PathLike | None) -> Path | None:
     """The explicit ``--data-root``, else ``$NLBENCH_DATA_ROOT``, else ``None``.
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from nlbench.datasets import register_dataset
-from nlbench.datasets.base import DEBIAN_DATASETS, Dataset
-from nlbench.errors import DataError
+from nlbench.datasets.base import DEBIAN_DATASETS, Dataset, balanced_subsample
+from nlbench.errors import DataError, NLBenchError
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -99,20 +99,34 @@ def _find_folder(root: Path | None, download: bool) -> Path:
 
 
 @register_dataset("fashion-mnist")
-def fashion_mnist(root: Path | None, download: bool = False) -> Dataset:
-    """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28x28 images of 10 clothing classes."""
+def fashion_mnist(root: Path | None, download: bool = False, train_size: int | None = None) -> Dataset:
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28x28 images of 10 clothing classes.
+
+    ``train_size`` keeps a class-balanced subsample of the training split (the test split stays whole). It is
+    drawn from a fixed stream, so it is part of the dataset's definition and the same for every seed; the meta
+    set, validation split and noisy pool are then carved from it as usual. A smaller pool memorises its noisy
+    labels sooner and costs less per epoch (the memorisation protocol uses it).
+    """
     folder = _find_folder(root, download)
     arrays = {key: read_idx(folder / name, count, ndim=3 if key.endswith("images") else 1)
               for key, (name, count) in FILES.items()}
+    x, y = arrays["train_images"], arrays["train_labels"].astype(np.int64)
+    info = {"source": str(folder)}
+    if train_size is not None:
+        if not 10 <= train_size <= len(y):
+            raise NLBenchError(f"fashion-mnist: train_size must be between 10 and {len(y)}, got {train_size}")
+        keep = balanced_subsample(y, int(train_size), len(CLASSES), np.random.default_rng([0xF3, int(train_size)]))
+        x, y = x[keep], y[keep]
+        info["subsample"] = f"{len(keep)} of {len(arrays['train_labels'])}, class-balanced, fixed stream"
     return Dataset(
         name="fashion-mnist",
-        x_train=torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
-        y_train=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        x_train=torch.from_numpy(x.copy()).unsqueeze(1),
+        y_train=torch.from_numpy(y),
         x_test=torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
         y_test=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
         classes=list(CLASSES),
         mean=(0.2860,),
         std=(0.3530,),
         asym_map=dict(ASYM_MAP),
-        info={"source": str(folder)},
+        info=info,
     )

@@ -1,6 +1,7 @@
 """Method registry.
 
-A new method is one file with one decorator (see :mod:`nlbench.methods.base`). Methods in other packages are
+A new method is one file with one decorator (see :mod:`nlbench.methods.base`): every module of this package is
+imported when the package is, so dropping the file here registers it. Methods in other packages are
 found through the ``nlbench.methods`` entry-point group: an entry point ``name = "pkg.module"`` (or
 ``"pkg.module:Class"``) is imported on first lookup, and its ``@register_method`` decorator does the rest.
 """
@@ -20,6 +21,7 @@ from nlbench.methods.base import (
     TrainSet,
     register_method,
 )
+from nlbench.options import bind_options
 
 _PLUGINS_LOADED = False
 
@@ -50,14 +52,21 @@ def get_method(name: str) -> type[Method]:
 
 
 def create_method(name: str, **options) -> Method:
+    """An instance of method ``name`` with ``options`` validated from its ``__init__`` annotations."""
     cls = get_method(name)
-    try:
-        return cls(**options)
-    except TypeError as e:
-        raise NLBenchError(f"bad options for method {name!r}: {e}") from None
+    return cls(**bind_options(cls.__init__, options, f"method {cls.name!r}"))
 
 
-from nlbench.methods import erm, gce, l2rw, meta_reweight, mwnet, surrogate  # noqa: E402,F401
+def _import_builtin_methods() -> None:
+    """Import every module of this package, so a new method is one file: its decorator registers it."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_builtin_methods()
 
 __all__ = ["METHODS", "Batch", "Method", "MethodContext", "StepOutput", "TrainData", "TrainSet",
            "create_method", "get_method", "list_methods", "load_plugins", "register_method"]

@@ -10,11 +10,28 @@ records. A method only says which samples it trains on and what the loss of a ba
             return StepOutput(losses.mean())
 
 Methods never see true labels of the noisy pool. ``batch.idx`` indexes the training set the method chose in
-:meth:`Method.train_set`, so per-sample state (persistent weights) can live in the method.
+:meth:`Method.train_set`, so per-sample state (persistent weights, ELR's targets) can live in the method.
+
+A method may also, without copying the loop:
+
+- run code at the start and end of every epoch (:meth:`Method.on_epoch_start`, :meth:`Method.on_epoch_end`),
+  with the training set's logits a call away (:meth:`MethodContext.predict`): DivideMix's GMM, PES's stages;
+- own extra networks (:meth:`MethodContext.new_model` builds one from the run's seeded streams); those
+  returned by :meth:`Method.networks` are trained by the run's optimiser and schedule, and
+  :meth:`Method.eval_model` says which network, or ensemble, is evaluated. A method may also keep a private
+  optimiser for its own parameters (MW-Net's weight net);
+- declare what it reads beyond the noisy pool: ``uses_meta`` (the clean meta set; a method without it gets an
+  empty one), ``uses_noise_rate`` (the nominal noise rate, which a practitioner does not know) and ``oracle``
+  (ground truth). The last two are flagged in every output and never ranked with plain methods.
+
+Options are the keyword parameters of ``__init__``; :func:`nlbench.options.bind_options` validates them from
+their annotations for every method the same way (``Annotated[float, Range(0, 1)]``).
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -97,22 +114,56 @@ class MethodContext:
     generator: torch.Generator
     prep: Callable[[torch.Tensor], torch.Tensor]
     autocast: Callable[[], AbstractContextManager]
+    #: the raw inputs and the (noisy) labels of the training set the method iterates over
+    train_x: torch.Tensor | None = None
+    train_y: torch.Tensor | None = None
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    #: the noise spec's nominal rate; only for methods that declare ``uses_noise_rate`` (else None)
+    noise_rate: float | None = None
+    #: builds a fresh network of the run's architecture; ``new_model(k)`` is seeded from the run's seed and ``k``
+    model_factory: Callable[[int], nn.Module] | None = None
+    eval_batch: int = 1000
+
+    def new_model(self, k: int = 1) -> nn.Module:
+        """A new network of the run's architecture on the device, initialised from stream ``k`` of the run's
+        seed (``k = 0`` is the main model's stream, so extra networks use ``k >= 1``)."""
+        if self.model_factory is None:
+            raise RuntimeError("this context has no model factory")
+        return self.model_factory(k)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (float32) of ``model`` in eval mode for raw inputs ``x`` (default: the whole training set),
+        in batches, without gradients; the model's train/eval mode is restored."""
+        x = self.train_x if x is None else x
+        was_training = model.training
+        model.eval()
+        out = []
+        for i in range(0, len(x), self.eval_batch):
+            with self.autocast():
+                out.append(model(self.prep(x[i:i + self.eval_batch])).float())
+        model.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.num_classes, device=self.device)
 
 
 class Method:
     """Base class of all methods. Options come from ``--opt key=value`` / ``method_options`` as keyword
-    arguments of ``__init__``; unknown options raise ``TypeError`` (reported as a user error)."""
+    arguments of ``__init__``, validated by :func:`nlbench.options.bind_options` from their annotations."""
 
     #: True for methods that see ground truth (upper bounds); flagged in every output.
     oracle: ClassVar[bool] = False
     #: True if :meth:`step` returns per-sample weights (weight telemetry is recorded).
     reweights: ClassVar[bool] = False
-    #: True if the method uses the clean meta set.
+    #: True if the method uses the clean meta set; a method without it gets an empty meta set.
     uses_meta: ClassVar[bool] = False
+    #: True if the method reads the nominal noise rate (``ctx.noise_rate``); flagged in every output.
+    uses_noise_rate: ClassVar[bool] = False
+    #: One line for ``nlbench list methods`` (default: the first line of the class docstring).
+    summary: ClassVar[str] = ""
 
-    def __init__(self, **options: Any):
-        if options:
-            raise TypeError(f"{type(self).__name__} takes no options, got {sorted(options)}")
+    def __init__(self) -> None:
+        pass
 
     def train_set(self, data: TrainData) -> TrainSet:
         """The samples to iterate over; the noisy pool by default."""
@@ -122,8 +173,23 @@ class Method:
         """Called once before training, after :meth:`train_set`."""
         self.ctx = ctx
 
+    def networks(self) -> list[nn.Module]:
+        """Extra networks the method owns (made in :meth:`setup`); the harness trains their parameters with the
+        run's optimiser and schedule and puts them in train mode every epoch."""
+        return []
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        """Called before the first step of every epoch (``epoch`` counts from 1)."""
+
     def step(self, batch: Batch, model: nn.Module) -> StepOutput:
         raise NotImplementedError
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
+        """Called after the last step of every epoch, before evaluation."""
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The network (or ensemble module) whose accuracy is recorded; the main model by default."""
+        return model
 
     def sample_weights(self) -> torch.Tensor | None:
         """Persistent per-sample weights over the training set, if the method keeps them (for telemetry)."""
@@ -137,6 +203,13 @@ class Method:
 METHODS: Registry = Registry("method")
 
 
+def plain_summary(doc: str) -> str:
+    """The first paragraph of a docstring as one line of plain text: reST roles and literals unwrapped."""
+    text = " ".join(doc.split("\n\n")[0].split())
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
 def register_method(name: str, *, aliases: tuple[str, ...] = ()):
     """Class decorator: register a :class:`Method` subclass under ``name``; raises on a duplicate name."""
 
@@ -144,6 +217,8 @@ def register_method(name: str, *, aliases: tuple[str, ...] = ()):
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"@register_method({name!r}) needs a Method subclass, got {cls!r}")
         cls.name = name
+        if "summary" not in cls.__dict__:
+            cls.summary = plain_summary(inspect.getdoc(cls) or "")
         return METHODS.register(name, aliases=aliases)(cls)
 
     return deco

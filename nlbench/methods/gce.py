@@ -7,12 +7,14 @@ module (or naming it as an ``nlbench.methods`` entry point in another package) i
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlbench.errors import NLBenchError
 from nlbench.methods.base import Batch, Method, StepOutput, register_method
+from nlbench.options import Range
 
 
 @register_method("gce")
@@ -23,10 +25,8 @@ class GCE(Method):
     noise but slow to fit); the paper's default is ``q = 0.7``. Ignores the meta set.
     """
 
-    def __init__(self, q: float = 0.7):
+    def __init__(self, q: Annotated[float, Range(0, 1, low_open=True)] = 0.7):
         super().__init__()
-        if not 0 < q <= 1:
-            raise NLBenchError(f"gce: q must be in (0, 1], got {q}")
         self.q = float(q)
 
     def step(self, batch: Batch, model: nn.Module) -> StepOutput:

@@ -52,7 +52,7 @@ import inspect
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -63,9 +63,10 @@ from torch.overrides import TorchFunctionMode
 
 from nlbench.errors import NLBenchError
 from nlbench.methods.base import Method, MethodContext
+from nlbench.options import Range
 
 __all__ = ["MetaBatchMethod", "RecordedForward", "frozen_batchnorm_stats", "loss_jvp", "meta_gradient",
-           "meta_scores", "option", "per_example_losses", "reference_meta_loss", "trainable_params", "virtual_params"]
+           "meta_scores", "per_example_losses", "reference_meta_loss", "trainable_params", "virtual_params"]
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -607,18 +608,6 @@ def reference_meta_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_me
     return per_example_losses(functional_call(model, (hat, buffers), (x_meta,)), y_meta).mean()
 
 
-def option(name: str, value: Any, kind: type = float) -> Any:
-    """``kind(value)`` for a method option, or a one-line :class:`NLBenchError` naming the option."""
-    try:
-        out = kind(value)
-    except (TypeError, ValueError):
-        raise NLBenchError(f"option {name} must be {'an integer' if kind is int else 'a number'}, "
-                           f"got {value!r}") from None
-    if kind is int and out != value and not (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
-        raise NLBenchError(f"option {name} must be an integer, got {value!r}")
-    return out
-
-
 class MetaBatchMethod(Method):
     """Base of the exact meta-reweighting methods: owns the meta set and draws one meta batch per step.
 
@@ -630,10 +619,9 @@ class MetaBatchMethod(Method):
     reweights = True
     uses_meta = True
 
-    def __init__(self, *, meta_batch: int | None = None):
-        self.meta_batch = None if meta_batch is None else option("meta_batch", meta_batch, int)
-        if self.meta_batch is not None and self.meta_batch < 1:
-            raise NLBenchError(f"meta_batch must be a positive integer, got {meta_batch!r}")
+    def __init__(self, *, meta_batch: Annotated[int, Range(1, 1_000_000)] | None = None):
+        super().__init__()
+        self.meta_batch = meta_batch
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)

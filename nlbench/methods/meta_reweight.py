@@ -34,14 +34,14 @@ batch, the tangent half of a forward-mode pass on the recorded activations and t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
-from nlbench.errors import NLBenchError
 from nlbench.methods.base import Batch, MethodContext, StepOutput, register_method
-from nlbench.methods.meta_grad import MetaBatchMethod, RecordedForward, meta_scores, option, per_example_losses
+from nlbench.methods.meta_grad import MetaBatchMethod, RecordedForward, meta_scores, per_example_losses
+from nlbench.options import Range
 
 __all__ = ["MetaReweight", "clipped_update"]
 
@@ -62,13 +62,11 @@ class MetaReweight(MetaBatchMethod):
     Options: ``alpha`` (default 0.3), ``w0`` (default 0.5), ``meta_batch`` (default: the batch size).
     """
 
-    def __init__(self, *, alpha: float = 0.3, w0: float = 0.5, meta_batch: int | None = None):
+    def __init__(self, *, alpha: Annotated[float, Range(0, 1e6, low_open=True)] = 0.3,
+                 w0: Annotated[float, Range(0, 1)] = 0.5,
+                 meta_batch: Annotated[int, Range(1, 1_000_000)] | None = None):
         super().__init__(meta_batch=meta_batch)
-        self.alpha, self.w0 = option("alpha", alpha), option("w0", w0)
-        if not self.alpha > 0:
-            raise NLBenchError(f"alpha must be positive, got {alpha!r}")
-        if not 0.0 <= self.w0 <= 1.0:
-            raise NLBenchError(f"w0 must be in [0, 1], got {w0!r}")
+        self.alpha, self.w0 = float(alpha), float(w0)
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)

@@ -23,21 +23,20 @@ weights are the sigmoid outputs ``w'_i``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
-from nlbench.errors import NLBenchError
 from nlbench.methods.base import Batch, MethodContext, StepOutput, register_method
 from nlbench.methods.meta_grad import (
     MetaBatchMethod,
     RecordedForward,
     frozen_batchnorm_stats,
     meta_scores,
-    option,
     per_example_losses,
 )
+from nlbench.options import Range
 
 __all__ = ["MWNet", "WeightNet", "weight_net_meta_grad"]
 
@@ -104,14 +103,12 @@ class MWNet(MetaBatchMethod):
     (default: the batch size).
     """
 
-    def __init__(self, *, hidden: int = 100, meta_lr: float = 1e-3, meta_weight_decay: float = 1e-4,
-                 meta_batch: int | None = None):
+    def __init__(self, *, hidden: Annotated[int, Range(1, 10_000)] = 100,
+                 meta_lr: Annotated[float, Range(0, 10, low_open=True)] = 1e-3,
+                 meta_weight_decay: Annotated[float, Range(0, 1)] = 1e-4,
+                 meta_batch: Annotated[int, Range(1, 1_000_000)] | None = None):
         super().__init__(meta_batch=meta_batch)
-        self.hidden = option("hidden", hidden, int)
-        self.meta_lr = option("meta_lr", meta_lr)
-        self.meta_weight_decay = option("meta_weight_decay", meta_weight_decay)
-        if self.hidden < 1 or not self.meta_lr > 0 or not self.meta_weight_decay >= 0:
-            raise NLBenchError("mwnet needs hidden >= 1, meta_lr > 0 and meta_weight_decay >= 0")
+        self.hidden, self.meta_lr, self.meta_weight_decay = hidden, float(meta_lr), float(meta_weight_decay)
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)

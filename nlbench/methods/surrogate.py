@@ -7,7 +7,7 @@ follows ``METHODS.md``, section "FBR surrogate".
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import nn
 
 from nlbench.errors import NLBenchError
 from nlbench.methods.base import Batch, Method, MethodContext, StepOutput, register_method
+from nlbench.options import Choice, Range
 
 _MODES = ("persistent", "direct")
 _SCALES = ("ema", "meta")
@@ -44,7 +45,8 @@ def surrogate_scores(feats: torch.Tensor, labels: torch.Tensor, meta_feats: torc
     Classes absent from the meta samples have no class mean; their ``cbar`` is ``-inf``, so they are never the
     runner-up (a silent 0 would be picked as "second largest" whenever all present class means are negative).
     With fewer than two classes present there is no runner-up at all and the shift is skipped for every row
-    (``S' = S``). The computation runs in float32 outside autocast and is invariant to adding one vector to all
+    (``S' = S``). The computation runs outside autocast in the inputs' precision (float64 stays float64; bf16 and
+    fp16 are upcast to float32), whatever torch's default dtype, and is invariant to adding one vector to all
     features (with ``center=True``) and covariant with scale (``r(aF, aG) = a^2 r(F, G)``). Gradients flow if
     the inputs require them; the method passes detached features.
     """
@@ -56,13 +58,18 @@ def surrogate_scores(feats: torch.Tensor, labels: torch.Tensor, meta_feats: torc
     m = meta_feats.shape[0]
     if m == 0:
         raise ValueError("surrogate_scores needs at least one meta sample")
+    # float64 in, float64 out; half precisions are upcast to float32. Every constant is made in that dtype, so
+    # the result never depends on torch's default dtype.
+    dtype = torch.promote_types(feats.dtype, meta_feats.dtype)
+    if dtype not in (torch.float32, torch.float64):
+        dtype = torch.float32
     with torch.autocast(feats.device.type, enabled=False):
-        f, g = feats.float(), meta_feats.float()
+        f, g = feats.to(dtype), meta_feats.to(dtype)
         if center:
             mu = g.mean(0, keepdim=True)
             f, g = f - mu, g - mu
         s = f @ g.T
-        onehot = F.one_hot(meta_labels.long(), num_classes).float()  # (m', C)
+        onehot = F.one_hot(meta_labels.long(), num_classes).to(dtype)  # (m', C)
         if row_shift:
             counts = onehot.sum(0)
             cbar = (s @ onehot) / counts.clamp_min(1)
@@ -71,7 +78,8 @@ def surrogate_scores(feats: torch.Tensor, labels: torch.Tensor, meta_feats: torc
             # Per-row shift and floor instead of a Python branch (no host sync on CUDA) and instead of a where()
             # over the (B, m') matrix: rows without a runner-up get shift 0 and floor -inf, i.e. S' = S.
             finite = torch.isfinite(s2)
-            s = torch.maximum(s - torch.where(finite, s2, 0.0), torch.where(finite, 0.0, float("-inf")))
+            zero, neg_inf = s2.new_zeros(()), s2.new_full((), float("-inf"))
+            s = torch.maximum(s - torch.where(finite, s2, zero), torch.where(finite, zero, neg_inf))
         lam_neg = 1.0 / (num_classes - 1) if signed else 0.0
         # sum_j M_ij S'_ij = (1 + lam_neg) * (same-class sum) - lam_neg * (row sum)
         same = (s @ onehot).gather(1, labels.long().view(-1, 1)).squeeze(1)
@@ -158,23 +166,13 @@ class Surrogate(Method):
     row_shift: bool = True
     signed: bool = True
 
-    def __init__(self, *, mode: str = "persistent", alpha: float = 0.3, w0: float = 1.0, scale: str = "ema",
-                 refresh: int | str = 50, meta_batch: int = 100, meta_bn: str = "train"):
+    def __init__(self, *, mode: Annotated[str, Choice(*_MODES)] = "persistent",
+                 alpha: Annotated[float, Range(0, 1e6, low_open=True)] = 0.3,
+                 w0: Annotated[float, Range(0, 1)] = 1.0, scale: Annotated[str, Choice(*_SCALES)] = "ema",
+                 refresh: Annotated[int, Range(1, 10**9)] | Annotated[str, Choice("batch")] = 50,
+                 meta_batch: Annotated[int, Range(1, 1_000_000)] = 100,
+                 meta_bn: Annotated[str, Choice(*_META_BN)] = "train"):
         super().__init__()
-        if mode not in _MODES:
-            raise NLBenchError(f"{self.name}: mode must be one of {', '.join(_MODES)}, got {mode!r}")
-        if scale not in _SCALES:
-            raise NLBenchError(f"{self.name}: scale must be one of {', '.join(_SCALES)}, got {scale!r}")
-        if meta_bn not in _META_BN:
-            raise NLBenchError(f"{self.name}: meta_bn must be one of {', '.join(_META_BN)}, got {meta_bn!r}")
-        if isinstance(refresh, str) and refresh.isdigit():
-            refresh = int(refresh)
-        if refresh != "batch" and not (isinstance(refresh, int) and not isinstance(refresh, bool) and refresh >= 1):
-            raise NLBenchError(f"{self.name}: refresh must be 'batch' or a positive number of steps, got {refresh!r}")
-        if not (isinstance(meta_batch, int) and meta_batch >= 1):
-            raise NLBenchError(f"{self.name}: meta_batch must be a positive integer, got {meta_batch!r}")
-        if not (alpha > 0 and 0 <= w0 <= 1):
-            raise NLBenchError(f"{self.name}: need alpha > 0 and 0 <= w0 <= 1, got alpha={alpha}, w0={w0}")
         self.mode, self.alpha, self.w0, self.scale = mode, float(alpha), float(w0), scale
         self.refresh, self.meta_batch, self.meta_bn = refresh, meta_batch, meta_bn
 

@@ -1,0 +1,56 @@
+"""Two-stage fair baseline: ERM on the noisy pool, then fine-tuning on the clean meta set.
+
+Any method that uses the clean meta set must beat this to claim that its use of the clean data is clever
+(the point made for meta-reweighting by e.g. Zhang & Pfister, "FaMUS", CVPR 2021, and the "fine-tune on the
+trusted set" baseline of Hendrycks et al., NeurIPS 2018, Section 4).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nlbench.errors import NLBenchError
+from nlbench.methods.base import Batch, Method, MethodContext, StepOutput, register_method
+from nlbench.options import Range
+
+
+@register_method("finetune")
+class FineTune(Method):
+    """ERM on the noisy pool, then the last epochs fine-tune on the clean meta set alone.
+
+    The first ``epochs - finetune_epochs`` epochs are plain cross-entropy on the noisy pool. In the last
+    ``finetune_epochs`` epochs (default: the last fifth of the run, at least one) every step trains on a meta
+    batch instead, of the run's batch size, drawn without replacement with the method's generator and
+    re-drawn each step, so the fine-tuning stage takes as many steps as a pool epoch (and follows the run's
+    learning-rate schedule, which in the step protocols is already decayed by then). nlbench's choice: the
+    harness iterates one training set, so the pool batch of a fine-tuning step is ignored rather than the loop
+    being copied.
+    """
+
+    uses_meta = True
+
+    def __init__(self, *, finetune_epochs: Annotated[int, Range(1, 100_000)] | None = None):
+        super().__init__()
+        self.finetune_epochs = finetune_epochs
+
+    def setup(self, ctx: MethodContext) -> None:
+        super().setup(ctx)
+        if len(ctx.meta_y) == 0:
+            raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
+        k = self.finetune_epochs if self.finetune_epochs is not None else max(1, round(ctx.epochs / 5))
+        self.first_finetune_epoch = max(1, ctx.epochs - k + 1) if ctx.epochs > 1 else 1
+
+    def step(self, batch: Batch, model: nn.Module) -> StepOutput:
+        if batch.epoch < self.first_finetune_epoch:
+            return StepOutput(F.cross_entropy(model(batch.x).float(), batch.y))
+        ctx = self.ctx
+        m = len(ctx.meta_y)
+        idx = torch.randperm(m, generator=ctx.generator, device=ctx.meta_y.device)[:min(ctx.batch_size, m)]
+        return StepOutput(F.cross_entropy(model(ctx.meta_x[idx]).float(), ctx.meta_y[idx]))
+
+    def options(self) -> dict:
+        return {"finetune_epochs": self.finetune_epochs}
