@@ -395,3 +395,24 @@ def test_results_check_exit_codes(tmp_path, plant):
         assert res.exit_code == 1 and len(lines) == 2, res.stdout
         assert name in lines[0] and what in lines[0]
     assert CliRunner().invoke(app, ["results", "check", "--results-dir", str(tmp_path / "no")]).exit_code == 2
+
+
+def test_memorize_grid_expands_from_its_preset():
+    """fmnist-memorize takes the preset's protocol, leaves the ablations out of "all" and runs them (and the
+    normalised mwnet) in their own rows with their options."""
+    from nlbench.methods import list_methods
+
+    cfgs = G.expand(G.load_grid("fmnist-memorize"))
+    preset = RunConfig.from_preset("fmnist-memorize", method="erm", noise="sym50")
+    erm = next(c for c in cfgs if c.method == "erm" and c.noise == "sym50" and c.seed == 0)
+    assert erm.hash() == preset.hash()
+    by = {}
+    for c in cfgs:
+        by.setdefault((c.method, json.dumps(c.method_options, sort_keys=True)), []).append(c)
+    for ablation in ("surrogate-no-center", "surrogate-no-shift", "surrogate-no-sign"):
+        assert (ablation, "{}") not in by and len(by[(ablation, '{"w0": 0.5}')]) == 21
+    assert len(by[("surrogate", '{"w0": 0.5}')]) == 21 and len(by[("surrogate", "{}")]) == 21
+    assert len(by[("mwnet", '{"normalize": true}')]) == 21
+    assert len(by[("erm", "{}")]) == 24  # 7 noises x 3 seeds + clean x 3
+    plain = set(list_methods()) - {"surrogate-no-center", "surrogate-no-shift", "surrogate-no-sign"}
+    assert {m for m, o in by if o == "{}"} == plain

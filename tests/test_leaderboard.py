@@ -165,7 +165,7 @@ def test_ranks_friedman_cd_match_scipy(results):
     order = [line.split(" | ")[0][2:] for line in ranks_table.splitlines() if line.startswith("| ")][1:]
     assert order == [RANKED[i] for i in np.argsort(ranks, kind="stable")]
     assert f"| surrogate | {ranks[RANKED.index('surrogate')]:.2f} |" in ranks_table
-    assert "Not ranked: oracle [ORACLE] (reads ground truth)." in md
+    assert "Not ranked: oracle [ORACLE] (read ground truth or the nominal noise rate)." in md
 
 
 def test_failed_clean_reference_oracle_and_links(results):
@@ -178,7 +178,7 @@ def test_failed_clean_reference_oracle_and_links(results):
     md = render_leaderboard(records, [], plots_dir="results/plots")
     row = next(line for line in md.split("### sym50 ")[1].splitlines() if line.startswith("| surrogate |"))
     cols = row.split(" | ")
-    assert (cols[2], cols[5]) == ("3", "1")  # n finished, failed
+    assert (cols[2], cols[6]) == ("3", "1")  # n finished, failed
     assert "49 run records (48 ok, 1 failed)" in md
     clean = md.split("### Clean reference (no label noise)")[1].split("###")[0]
     x = np.array(CLEAN)
@@ -257,3 +257,37 @@ def test_plots_written_with_stable_names(results, tmp_path):
     assert cd_cliques([1.0, 1.5, 2.9, 3.2, 4.0], cd=1.0) == [(0, 1), (2, 3), (3, 4)]
     assert cd_cliques([1.0, 2.0, 3.0], cd=2.5) == [(0, 2)]
     assert cd_cliques([1.0, 3.0], cd=1.0) == []
+
+
+def _rec(method, noise, seed, curve, *, val=None, section_epochs=2, **extra):
+    history = [{"epoch": i + 1, "test_acc": a, "val_acc": None if val is None else val[i], "epoch_time_s": 1.0}
+               for i, a in enumerate(curve)]
+    cfg = {"dataset": "synthetic", "model": "mlp", "epochs": section_epochs, "method": method, "noise": noise,
+           "seed": seed, "method_options": {}}
+    return {"method": method, "noise": noise, "seed": seed, "dataset": "synthetic", "model": "mlp",
+            "status": "ok", "config": cfg, "config_hash": f"{method}{noise}{seed}",
+            "final": {"last_acc": curve[-1], "best_acc": max(curve)}, "history": history, **extra}
+
+
+def test_selection_rules_flags_identity_and_escaping():
+    recs = []
+    for seed in (0, 1, 2):
+        recs.append(_rec("erm", "sym50", seed, [0.6, 0.8, 0.5], val=[0.5, 0.7, 0.4]))
+        recs.append(_rec("erm", "clean", seed, [0.8, 0.9, 0.9], val=[0.8, 0.85, 0.85]))
+        recs.append(_rec("twin", "sym50", seed, [0.6, 0.8, 0.5], val=[0.5, 0.7, 0.4]))
+        recs.append(_rec("co", "sym50", seed, [0.7, 0.75, 0.8 + seed / 100], val=[0.6, 0.7, 0.65],
+                         uses_noise_rate=True))
+        recs.append(_rec("evil|name\n# x", "sym50", seed, [0.1, 0.2, 0.3]))
+    t = build_tables(recs)
+    cell = t.cells.set_index(["noise", "method"])
+    # noisy-val selection picks epoch 2 (val 0.7): test 0.8; best-epoch 0.8; last 0.5
+    assert cell.loc[("sym50", "erm"), "val_mean"] == pytest.approx(0.8)
+    assert cell.loc[("sym50", "erm"), "gap_mean"] == pytest.approx(0.3)
+    assert cell.loc[("sym50", "co"), "val_mean"] == pytest.approx(0.75)
+    assert cell.loc[("sym50", "erm"), "same_as"] == "twin" and cell.loc[("sym50", "co"), "same_as"] == ""
+    assert not cell.loc[("sym50", "co"), "is_best"], "a method reading the noise rate is never best"
+    md = render_leaderboard(recs)
+    assert "**Memorisation indicator**" in md and "clean 0.00, sym50 30.00" in md
+    assert "co [NOISE RATE]" in md and "`erm` = `twin`" in md
+    assert "| evil\\|name # x |" in md and "\n# x" not in md
+    assert "Not ranked: co [NOISE RATE]" in md

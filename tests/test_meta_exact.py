@@ -226,6 +226,33 @@ def test_weight_net_gradient_equals_double_backward(problem):
     _assert_rel(scores, _reference_scores(model, x, y, xm, ym, w.detach()))
 
 
+def test_normalised_weight_net_gradient_equals_double_backward(problem):
+    """The PGC script's variant: weights divided by their batch sum in the virtual step; the gradient through the
+    sum (it depends on phi as well) must match double backward through ``sum_i (w_i / S) l_i``."""
+    model, x, y, xm, ym = problem
+    wnet = WeightNet(100, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    grads, _ = weight_net_meta_grad(model, wnet, x, y, xm, ym, ETA, normalize=True)
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    losses = nn.functional.cross_entropy(torch.func.functional_call(model, buffers, (x,)), y, reduction="none")
+    w = wnet(losses.detach()[:, None]).squeeze(1)
+    # reference_meta_loss steps with sum_i v_i l_i / B, so v = B w / S is the normalised virtual step
+    v = B * w / w.sum()
+    ref = torch.autograd.grad(reference_meta_loss(model, x, y, xm, ym, ETA, v), list(wnet.parameters()))
+    for got, exp in zip(grads, ref, strict=True):
+        _assert_rel(got, exp)
+    plain, _ = weight_net_meta_grad(model, wnet, x, y, xm, ym, ETA)
+    assert any(not torch.allclose(a, b) for a, b in zip(plain, grads, strict=True))
+
+
+def test_mwnet_variants_options():
+    from nlbench.methods import create_method
+
+    plain = create_method("mwnet").options()
+    assert (plain["normalize"], plain["meta_optimizer"], plain["meta_weight_decay"]) == (False, "adam", 1e-4)
+    pgc = create_method("mwnet", normalize=True).options()
+    assert (pgc["normalize"], pgc["meta_optimizer"], pgc["meta_weight_decay"]) == (True, "sgd", 5e-4)
+
+
 def test_meta_passes_leave_model_untouched(problem):
     model, x, y, xm, ym = problem
     before = _state(model)

@@ -255,3 +255,23 @@ def test_surrogate_scores_keep_the_input_precision(default, dtype):
     assert r.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 5e-2}[dtype]
     torch.testing.assert_close(r.double(), reference, atol=tol, rtol=tol)
+
+
+def test_ablations_at_w0_half_reweight_unlike_their_parent():
+    """At w0 = 0.5 (the ablation study's setting) every variant produces non-uniform weights, and each ablation's
+    weights differ from the full method's: the study ablates something (at w0 = 1 no-sign stays at 1)."""
+    from nlbench.benchmark.harness import train
+    from tests.test_methods_all import tiny_config
+
+    def telemetry(name, **opts):
+        rec = train(tiny_config(name, method_options=opts), device="cpu")
+        return [(h["w_clean_mean"], h["w_noisy_mean"], h["w_auroc"]) for h in rec["history"]]
+
+    parent = telemetry("surrogate", w0=0.5)
+    for name in ("surrogate", "surrogate-no-center", "surrogate-no-shift", "surrogate-no-sign"):
+        tel = telemetry(name, w0=0.5)
+        assert all(auroc != 0.5 and clean != noisy for clean, noisy, auroc in tel), name
+        if name != "surrogate":
+            assert tel != parent, name
+    uniform = telemetry("surrogate-no-sign")  # w0 = 1: the weights never move
+    assert all(c == 1.0 and n == 1.0 for c, n, _ in uniform)

@@ -96,6 +96,8 @@ class GridSpec:
     lr: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     extra: tuple[GridRow, ...] = ()
+    #: methods left out of ``"all"`` in the main block (e.g. because an extra row runs them with options)
+    exclude: tuple[str, ...] = ()
 
     def base(self) -> dict[str, Any]:
         """RunConfig keyword arguments shared by every run of the grid."""
@@ -118,14 +120,15 @@ def _check_overrides(where: str, overrides: dict[str, Any]) -> None:
                            f"valid: {', '.join(sorted(_CONFIG_FIELDS - _PER_RUN))}")
 
 
-def canonical_methods(methods: Iterable[str]) -> list[str]:
-    """Canonical method names, ``"all"`` expanded to every registered method, duplicates (``fbr`` and
-    ``surrogate``) dropped, first occurrence kept."""
+def canonical_methods(methods: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+    """Canonical method names, ``"all"`` expanded to every registered method but those in ``exclude``,
+    duplicates (``fbr`` and ``surrogate``) dropped, first occurrence kept."""
     from nlbench.methods import get_method, list_methods
 
+    left_out = {get_method(name).name for name in exclude}
     out: list[str] = []
     for name in methods:
-        for canon in (list_methods() if name == "all" else [get_method(name).name]):
+        for canon in ([m for m in list_methods() if m not in left_out] if name == "all" else [get_method(name).name]):
             if canon not in out:
                 out.append(canon)
     return out
@@ -150,14 +153,14 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     _check_overrides(f"grid {spec.name!r}", spec.overrides)
     if not spec.seeds:
         raise NLBenchError(f"grid {spec.name!r} has no seeds")
-    blocks = [(spec.base(), spec.methods, spec.noises, spec.seeds)]
+    blocks = [(spec.base(), canonical_methods(spec.methods, spec.exclude), spec.noises, spec.seeds)]
     for row in spec.extra:
         _check_overrides(f"grid {spec.name!r} row {row.name!r}", row.overrides)
-        blocks.append(({**spec.base(), **row.overrides}, row.methods, row.noises, row.seeds))
+        blocks.append(({**spec.base(), **row.overrides}, canonical_methods(row.methods), row.noises, row.seeds))
     out: list[RunConfig] = []
     seen: set[str] = set()
     for base, methods, noises, seeds in blocks:
-        for cfg in _configs(base, canonical_methods(methods), noises, seeds):
+        for cfg in _configs(base, methods, noises, seeds):
             if cfg.hash() not in seen:
                 seen.add(cfg.hash())
                 out.append(cfg)
@@ -195,9 +198,21 @@ def parse_grid(name: str, table: dict[str, Any]) -> GridSpec:
         except KeyError as e:
             raise NLBenchError(f"{rw} lacks the key {e.args[0]!r}") from None
     protocol = {k: table.pop(k) for k in ("epochs", "model", "meta_size", "batch_size", "lr") if k in table}
+    exclude = _tuple(table.pop("exclude", []), "exclude", where, str)
     table.pop("description", None)
+    preset = table.pop("preset", None)
+    if preset is not None:  # a named protocol: its values under the grid's own keys
+        from nlbench.benchmark.config import PRESETS
+
+        values = dict(PRESETS.get(str(preset)))
+        if values.pop("dataset", dataset) != dataset:
+            raise NLBenchError(f"{where}: preset {preset!r} is for another dataset")
+        for key in ("epochs", "model", "meta_size", "batch_size", "lr"):
+            if key in values:
+                protocol.setdefault(key, values.pop(key))
+        table = {**values, **table}
     return GridSpec(name=name, dataset=dataset, methods=methods, noises=noises, seeds=seeds, overrides=table,
-                    extra=tuple(extra), **protocol)
+                    extra=tuple(extra), exclude=exclude, **protocol)
 
 
 def named_grids(path: str | os.PathLike | None = None) -> dict[str, GridSpec]:

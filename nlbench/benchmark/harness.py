@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -191,6 +192,37 @@ def _git_sha() -> str | None:
         return None
 
 
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_numerics() -> dict:
+    """What CPU results depend on beyond the code and the seed: the CPU model and its vector ISA flags, the
+    kernel level torch dispatches to, and the BLAS and oneDNN builds. Two machines that differ here may give
+    different floating-point results from the same command (the README says which determinism holds)."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    have = set(value.split())
+                    flags = [fl for fl in _ISA_FLAGS if fl in have]
+                    break
+    except OSError:  # not Linux: the model from platform is all there is
+        pass
+    config = torch.__config__.show()
+
+    def find(pattern: str) -> str | None:
+        m = re.search(pattern, config)
+        return m.group(1).strip() if m else None
+
+    return {"cpu_model": model, "cpu_flags": flags, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "blas": find(r"BLAS_INFO=(\w+)"), "mkl": find(r"Math Kernel Library Version ([^\n]+?)-Product"),
+            "onednn": find(r"MKL-DNN (v[\d.]+)")}
+
+
 def environment(device: torch.device) -> dict:
     """Versions and hardware a record was made with (for reproducibility, not part of the config hash)."""
     return {
@@ -202,6 +234,7 @@ def environment(device: torch.device) -> dict:
         # GPU results depend on the CUDA/cuDNN kernels as much as on torch: None on CPU-only builds and devices
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        **cpu_numerics(),
     }
 
 

@@ -40,6 +40,7 @@ from nlbench.benchmark import stats
 BASELINE = "erm"
 REFERENCE_NOISE = "clean"
 ORACLE_TAG = "[ORACLE]"
+RATE_TAG = "[NOISE RATE]"
 #: config keys that vary within a section; everything else in the config is the section's protocol
 PER_RUN_KEYS = ("method", "noise", "seed", "method_options", "record_options")
 
@@ -89,6 +90,24 @@ def mean_epoch_time(history: list) -> float:
     return float(np.mean(times)) if times else math.nan
 
 
+def val_selected_acc(history: list) -> float:
+    """Test accuracy at the epoch with the best accuracy on the noisy validation split (the first such epoch);
+    NaN if the run had no validation split. This is the selection rule a practitioner can apply."""
+    best, acc = -math.inf, math.nan
+    for h in history:
+        if not isinstance(h, dict):
+            continue
+        v = as_float(h.get("val_acc"))
+        if math.isfinite(v) and v > best:
+            best, acc = v, as_float(h.get("test_acc"))
+    return acc
+
+
+def test_curve(history: list) -> tuple:
+    """The per-epoch test accuracies of a record, for telling identical computations apart."""
+    return tuple(as_float(h.get("test_acc")) if isinstance(h, dict) else math.nan for h in history)
+
+
 def plot_file(slug: str, noise: str | None, kind: str) -> str:
     """Stable PNG names shared by :mod:`nlbench.benchmark.plots` and the leaderboard's links:
     ``<slug>__<noise>__acc.png``, ``<slug>__<noise>__weights.png``, ``<slug>__cd.png``."""
@@ -132,16 +151,20 @@ def _runs_frame(records: Iterable[dict]) -> tuple[pd.DataFrame, dict[str, dict]]
         rows.append({
             "section": sid, "dataset": rec["dataset"], "model": rec["model"], "noise": rec["noise"],
             "method": method_label(rec), "seed": int(rec["seed"]), "status": rec["status"],
-            "oracle": bool(rec.get("oracle", False)), "config_hash": rec["config_hash"],
+            "oracle": bool(rec.get("oracle", False)), "reads_rate": rec.get("uses_noise_rate") is True,
+            "config_hash": rec["config_hash"],
             "last_acc": as_float(final.get("last_acc")) if ok else math.nan,
             "best_acc": as_float(final.get("best_acc")) if ok else math.nan,
             "last5_acc": as_float(final.get("last5_acc")) if ok else math.nan,
+            "val_acc_sel": val_selected_acc(rec.get("history") or []) if ok else math.nan,
+            "curve": test_curve(rec.get("history") or []) if ok else (),
             "epoch_time": mean_epoch_time(rec.get("history") or []) if ok else math.nan,
             "realised_rate": as_float((rec.get("noise_report") or {}).get("realised_rate")),
             "has_weights": any(isinstance(h, dict) and "w_clean_mean" in h for h in rec.get("history") or []),
         })
-    cols = ["section", "dataset", "model", "noise", "method", "seed", "status", "oracle", "config_hash",
-            "last_acc", "best_acc", "last5_acc", "epoch_time", "realised_rate", "has_weights"]
+    cols = ["section", "dataset", "model", "noise", "method", "seed", "status", "oracle", "reads_rate",
+            "config_hash", "last_acc", "best_acc", "last5_acc", "val_acc_sel", "curve", "epoch_time",
+            "realised_rate", "has_weights"]
     runs = pd.DataFrame(rows, columns=cols)
     # Fixed order whatever the input order; two records of one (setting, method, seed) can only differ in
     # record_options: keep the one with the smaller hash.
@@ -167,10 +190,16 @@ def _setting_cells(section: str, noise: str, runs: pd.DataFrame, alpha: float) -
     base = by_method.get(BASELINE)
     base_time = float(base["epoch_time"].mean()) if base is not None else math.nan
     cells = []
+    curves = {m: {int(r.seed): r.curve for r in g.itertuples(index=False) if r.curve} for m, g in by_method.items()}
     for method, g in by_method.items():
-        oracle = bool(g["oracle"].any())
+        # a flagged method (ground truth, or the nominal noise rate) is a reference, never a contender
+        oracle = bool(g["oracle"].any()) or bool(g["reads_rate"].any())
         mean, std, n, lo, hi = stats.t_interval(g["last_acc"].to_numpy(float))
         best_mean, best_std, *_ = stats.t_interval(g["best_acc"].to_numpy(float))
+        val_mean, val_std, *_ = stats.t_interval(g["val_acc_sel"].to_numpy(float))
+        mine = curves[method]
+        same_as = sorted(other for other, theirs in curves.items() if other != method and mine
+                         and set(mine) == set(theirs) and all(mine[k] == theirs[k] for k in mine))
         delta, p, n_pairs = math.nan, math.nan, 0
         if base is not None and method != BASELINE:
             a, b = _series(g).align(_series(base), join="inner")
@@ -182,6 +211,9 @@ def _setting_cells(section: str, noise: str, runs: pd.DataFrame, alpha: float) -
         epoch_time = float(g["epoch_time"].mean())
         cells.append({
             "section": section, "noise": noise, "method": method, "oracle": oracle,
+            "tag": ORACLE_TAG if bool(g["oracle"].any()) else (RATE_TAG if bool(g["reads_rate"].any()) else ""),
+            "val_mean": val_mean, "val_std": val_std, "same_as": ",".join(same_as),
+            "gap_mean": float(np.nanmean(g["best_acc"] - g["last_acc"])) if n else math.nan,
             "reference": noise == REFERENCE_NOISE, "n_runs": len(g), "n_failed": int((g["status"] != "ok").sum()),
             "n": n, "mean": mean, "std": std, "lo": lo, "hi": hi, "best_mean": best_mean, "best_std": best_std,
             "last5_mean": float(np.nanmean(g["last5_acc"])) if n else math.nan,
@@ -214,13 +246,15 @@ def build_tables(records: Iterable[dict], alpha: float = 0.05) -> Tables:
     cells: list[dict] = []
     for (section, noise), g in runs.groupby(["section", "noise"], sort=True):
         cells += _setting_cells(section, noise, g, alpha)
-    cell_cols = ["section", "noise", "method", "oracle", "reference", "n_runs", "n_failed", "n", "mean", "std",
-                 "lo", "hi", "best_mean", "best_std", "last5_mean", "realised_rate", "delta_vs_erm", "n_pairs",
-                 "p_vs_erm", "p_holm", "is_best", "tied", "epoch_time", "cost"]
+    cell_cols = ["section", "noise", "method", "oracle", "tag", "reference", "n_runs", "n_failed", "n", "mean",
+                 "std", "lo", "hi", "best_mean", "best_std", "val_mean", "val_std", "gap_mean", "same_as",
+                 "last5_mean", "realised_rate", "delta_vs_erm", "n_pairs", "p_vs_erm", "p_holm", "is_best", "tied",
+                 "epoch_time", "cost"]
     cells_df = pd.DataFrame(cells, columns=cell_cols)
 
     rank_rows, test_rows, section_rows = [], [], []
-    for sid in sorted(protocols, key=lambda s: (slugs[s], s)):
+    # longer protocols first: the memorisation protocol leads, the short one follows
+    for sid in sorted(protocols, key=lambda s: (-as_float(protocols[s].get("epochs")), slugs[s], s)):
         sec_runs = runs[runs["section"] == sid]
         section_rows.append({"section": sid, "slug": slugs[sid], "protocol": protocols[sid],
                              "seeds": sorted(set(sec_runs["seed"].tolist())),
@@ -272,8 +306,13 @@ def fmt_mean_std(mean: float, std: float) -> str:
     return f"{fmt_pct(mean)} ± {fmt_pct(std)}" if math.isfinite(std) else fmt_pct(mean)
 
 
-def _name(method: str, oracle: bool) -> str:
-    return f"{method} {ORACLE_TAG}" if oracle else method
+def _name(method: str, tag: str) -> str:
+    return f"{method} {tag}" if tag else method
+
+
+def md_escape(text: str) -> str:
+    """Text from a record made safe for one Markdown table cell or heading: no row or column breaks."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", str(text)).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]], right_from: int = 1) -> list[str]:
@@ -293,6 +332,41 @@ def _cell_order(cells: pd.DataFrame) -> pd.DataFrame:
 def _epochs(protocol: dict) -> str:
     n = protocol.get("epochs")
     return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def fmt_ci(lo: float, hi: float) -> str:
+    """A 95% interval of an accuracy, its display clipped to the metric's range [0, 100] (the interval itself may
+    run past it: a t-interval knows nothing of bounds)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "[—, —]"
+    return f"[{fmt_pct(min(max(lo, 0.0), 1.0))}, {fmt_pct(min(max(hi, 0.0), 1.0))}]"
+
+
+def _preset_of(protocol: dict) -> str | None:
+    """The name of the preset whose values the protocol has (the first, sorted), if any."""
+    from nlbench.benchmark.config import PRESETS, RunConfig
+
+    for name in PRESETS.list():
+        try:
+            want = protocol_of({"config": RunConfig.from_preset(name).to_dict(), "dataset": "", "model": ""})
+        except Exception:  # a preset that needs data options the defaults lack: not this protocol
+            continue
+        if want == protocol:
+            return name
+    return None
+
+
+def _memorisation_line(cells: pd.DataFrame) -> str:
+    """ERM's best-epoch minus last-epoch accuracy per setting: whether this protocol reaches memorisation."""
+    erm = cells[cells["method"] == BASELINE]
+    if erm.empty:
+        return "**Memorisation indicator** (erm's best − last epoch accuracy): no erm records."
+    parts = [f"{md_escape(c.noise)} {100 * c.gap_mean:.2f}" for c in
+             erm.sort_values("noise", key=lambda col: col.map(noise_sort_key)).itertuples(index=False)
+             if math.isfinite(c.gap_mean)]
+    return ("**Memorisation indicator** (erm's best-epoch − last-epoch test accuracy, points, mean over seeds; "
+            "large on noisy settings and near 0 on clean labels when erm memorises the noise): "
+            + ", ".join(parts) + ".")
 
 
 def _protocol_line(protocol: dict, seeds: list[int], readme: str) -> str:
@@ -358,42 +432,56 @@ def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), 
            f"Δ vs erm: mean paired difference over shared seeds; p: paired t-test against `erm`, Holm-adjusted "
            f"across the methods of the setting. **Bold**: the best method of the setting or statistically tied "
            f"with it (paired t-test, Holm, α = {alpha}). Epoch time × erm: mean epoch time relative to `erm` in "
-           f"the same setting. {ORACLE_TAG} methods read ground truth: they are upper bounds, never best and never "
-           "ranked.", ""]
+           f"the same setting. *Noisy-val selected*: test accuracy at the epoch with the best accuracy on the noisy "
+           f"validation split, the selection rule a practitioner can use (— without a validation split). "
+           f"{ORACLE_TAG} methods read ground truth: they are upper bounds, never best and never ranked. "
+           f"{RATE_TAG} methods read the nominal noise rate, which a practitioner does not know: shown, never best "
+           "and never ranked. Methods whose records equal another method's at every epoch are flagged below the "
+           "setting's table.", ""]
     if t.runs.empty:
         out += ["No records yet: run `nlbench grid` first.", ""]
         return "\n".join(out)
     for sec in t.sections.itertuples(index=False):
         slug, protocol = sec.slug, sec.protocol
         cells = t.cells[t.cells["section"] == sec.section]
-        out += [f"## {protocol['dataset']} · {protocol['model']} · {_epochs(protocol)}", "",
-                _protocol_line(protocol, sec.seeds, readme), "", "**Measured wall time.**", ""]
+        preset = _preset_of(protocol)
+        name = f" · preset `{preset}`" if preset else ""
+        out += [f"## {md_escape(protocol['dataset'])} · {md_escape(protocol['model'])} · {_epochs(protocol)}{name}",
+                "", _protocol_line(protocol, sec.seeds, readme), "", _memorisation_line(cells), "",
+                "**Measured wall time.**", ""]
         out += _wall_time_lines(set(sec.hashes), grid_logs)
         out.append("")
         ref = cells[cells["reference"]]
         if len(ref):
             out += ["### Clean reference (no label noise)", ""]
-            rows = [[_name(c.method, c.oracle), fmt_mean_std(c.mean, c.std), str(c.n),
-                     f"[{fmt_pct(c.lo)}, {fmt_pct(c.hi)}]", fmt_mean_std(c.best_mean, c.best_std), str(c.n_failed)]
+            rows = [[_name(md_escape(c.method), c.tag), fmt_mean_std(c.mean, c.std), str(c.n),
+                     fmt_ci(c.lo, c.hi), fmt_mean_std(c.val_mean, c.val_std),
+                     fmt_mean_std(c.best_mean, c.best_std), str(c.n_failed)]
                     for c in ref.sort_values(["oracle", "method"]).itertuples(index=False)]
-            out += md_table(["method", "last epoch acc (%)", "n", "95% CI", "best epoch (optimistic)", "failed"],
-                          rows)
+            out += md_table(["method", "last epoch acc (%)", "n", "95% CI", "noisy-val selected",
+                             "best epoch (optimistic)", "failed"], rows)
             out.append("")
         noises = sorted(set(cells.loc[~cells["reference"], "noise"]), key=noise_sort_key)
         for noise in noises:
             nc = _cell_order(cells[cells["noise"] == noise])
             rate = float(nc["realised_rate"].mean())
-            out += [f"### {noise} (realised noise rate {fmt_pct(rate)}%)", ""]
+            out += [f"### {md_escape(noise)} (realised noise rate {fmt_pct(rate)}%)", ""]
             rows = []
             for c in nc.itertuples(index=False):
                 acc = fmt_mean_std(c.mean, c.std)
-                rows.append([_name(c.method, c.oracle), f"**{acc}**" if c.tied else acc, str(c.n),
-                             f"[{fmt_pct(c.lo)}, {fmt_pct(c.hi)}]", fmt_mean_std(c.best_mean, c.best_std),
-                             str(c.n_failed),
+                rows.append([_name(md_escape(c.method), c.tag), f"**{acc}**" if c.tied else acc, str(c.n),
+                             fmt_ci(c.lo, c.hi), fmt_mean_std(c.val_mean, c.val_std),
+                             fmt_mean_std(c.best_mean, c.best_std), str(c.n_failed),
                              "—" if not math.isfinite(c.delta_vs_erm) else f"{100 * c.delta_vs_erm:+.2f}",
                              fmt_p(c.p_holm), "—" if not math.isfinite(c.cost) else f"{c.cost:.2f}"])
-            out += md_table(["method", "last epoch acc (%)", "n", "95% CI", "best epoch (optimistic)", "failed",
-                           "Δ vs erm", "p vs erm (Holm)", "epoch time × erm"], rows)
+            out += md_table(["method", "last epoch acc (%)", "n", "95% CI", "noisy-val selected",
+                             "best epoch (optimistic)", "failed", "Δ vs erm", "p vs erm (Holm)", "epoch time × erm"],
+                            rows)
+            same = [f"`{md_escape(c.method)}` = `{'`, `'.join(md_escape(o) for o in c.same_as.split(','))}`"
+                    for c in nc.sort_values("method").itertuples(index=False) if c.same_as]
+            if same:
+                out += ["", "**Identical records** (the same test accuracy at every epoch on every seed, so the "
+                        "same computation here): " + "; ".join(same) + "."]
             links = [f"[accuracy per epoch]({plots_dir}/{plot_file(slug, noise, 'acc')})"]
             sec_runs = t.runs[(t.runs["section"] == sec.section) & (t.runs["noise"] == noise)]
             if sec_runs["has_weights"].any():
@@ -413,7 +501,7 @@ def _ranks_section(t: Tables, section: str, cells: pd.DataFrame, plots_dir: str,
         return []
     out = ["### Ranks across settings", ""]
     order = ranks.assign(_r=ranks["avg_rank"].fillna(np.inf)).sort_values(["_r", "method"], kind="stable")
-    rows = [[r.method, "—" if not math.isfinite(r.avg_rank) else f"{r.avg_rank:.2f}", fmt_pct(r.mean_acc),
+    rows = [[md_escape(r.method), "—" if not math.isfinite(r.avg_rank) else f"{r.avg_rank:.2f}", fmt_pct(r.mean_acc),
              "—" if not math.isfinite(r.cost) else f"{r.cost:.2f}"] for r in order.itertuples(index=False)]
     out += md_table(["method", "average rank", "mean last epoch acc (%)", "epoch time × erm"], rows)
     out.append("")
@@ -429,5 +517,7 @@ def _ranks_section(t: Tables, section: str, cells: pd.DataFrame, plots_dir: str,
         out.append(f"Nemenyi critical difference (α = {alpha}): CD = {tr['cd']:.3f}; average ranks further apart than "
                    f"this differ significantly. [critical-difference diagram]({cd_link})")
     if oracles:
-        out.append("Not ranked: " + ", ".join(_name(m, True) for m in oracles) + " (reads ground truth).")
+        tags = dict(zip(cells["method"], cells["tag"], strict=True))
+        out.append("Not ranked: " + ", ".join(_name(md_escape(m), tags[m]) for m in oracles) +
+                   " (read ground truth or the nominal noise rate).")
     return out + [""]

@@ -36,7 +36,7 @@ from nlbench.methods.meta_grad import (
     meta_scores,
     per_example_losses,
 )
-from nlbench.options import Range
+from nlbench.options import Choice, Range
 
 __all__ = ["MWNet", "WeightNet", "weight_net_meta_grad"]
 
@@ -72,9 +72,16 @@ def _weights(weight_net: nn.Module, losses: torch.Tensor) -> torch.Tensor:
         return weight_net(losses.detach().to(dtype)[:, None]).squeeze(1)
 
 
+def batch_normalised(w: torch.Tensor) -> torch.Tensor:
+    """``w / sum(w)``, or ``w`` itself when the sum is 0 (the official ``train_WRN-28-10_Meta_PGC.py`` rule)."""
+    total = w.sum()
+    return torch.where(total != 0, w / torch.where(total != 0, total, torch.ones_like(total)), w)
+
+
 def weight_net_meta_grad(model: nn.Module, weight_net: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          x_meta: torch.Tensor, y_meta: torch.Tensor, eta: float, *,
-                         forward: RecordedForward | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                         forward: RecordedForward | None = None,
+                         normalize: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Exact ``dL_V(theta_hat)/dphi`` for the parameters of ``weight_net`` and the scores ``g`` ``(B,)``.
 
     ``x``, ``x_meta`` model-ready; ``eta`` the virtual step size. ``forward`` may pass the caller's
@@ -89,9 +96,12 @@ def weight_net_meta_grad(model: nn.Module, weight_net: nn.Module, x: torch.Tenso
     losses = per_example_losses(forward.output, y)
     with torch.enable_grad():
         w = _weights(weight_net, losses)
-    scores = meta_scores(model, x, y, x_meta, y_meta, eta, w.detach(), forward=forward)
+        # The virtual step is theta - eta * grad sum_i v_i l_i / B; the normalised variant's sum_i (w_i / S) l_i
+        # is that with v = B w / S, whose dependence on phi (through S too) the chain rule below follows.
+        v = len(w) * batch_normalised(w) if normalize else w
+    scores = meta_scores(model, x, y, x_meta, y_meta, eta, v.detach(), forward=forward)
     with torch.enable_grad():
-        grads = torch.autograd.grad(-(scores.to(w.dtype) * w).sum(), list(weight_net.parameters()))
+        grads = torch.autograd.grad(-(scores.to(v.dtype) * v).sum(), list(weight_net.parameters()))
     return list(grads), scores
 
 
@@ -99,36 +109,53 @@ def weight_net_meta_grad(model: nn.Module, weight_net: nn.Module, x: torch.Tenso
 class MWNet(MetaBatchMethod):
     """Meta-Weight-Net; see the module docstring.
 
-    Options: ``hidden`` (100), ``meta_lr`` (Adam lr, 1e-3), ``meta_weight_decay`` (1e-4), ``meta_batch``
-    (default: the batch size).
+    Options: ``hidden`` (100), ``meta_lr`` (1e-3), ``meta_weight_decay`` (1e-4 with Adam, 5e-4 with SGD),
+    ``meta_batch`` (default: the batch size), ``normalize`` and ``meta_optimizer``.
+
+    The official repository has two training scripts. ``MW-Net.py`` (the default here) uses the raw sigmoid
+    weights and Adam for the weight net. ``train_WRN-28-10_Meta_PGC.py`` divides the weights by their batch sum
+    in both the virtual and the real step and uses SGD (momentum 0.9, Nesterov, weight decay 5e-4) for the
+    weight net: ``normalize=true`` selects that variant (its optimiser unless ``meta_optimizer`` is given).
+    Telemetry records the raw sigmoid outputs in both variants, so the weights stay on the [0, 1] scale.
     """
 
     def __init__(self, *, hidden: Annotated[int, Range(1, 10_000)] = 100,
                  meta_lr: Annotated[float, Range(0, 10, low_open=True)] = 1e-3,
-                 meta_weight_decay: Annotated[float, Range(0, 1)] = 1e-4,
-                 meta_batch: Annotated[int, Range(1, 1_000_000)] | None = None):
+                 meta_weight_decay: Annotated[float, Range(0, 1)] | None = None,
+                 meta_batch: Annotated[int, Range(1, 1_000_000)] | None = None, normalize: bool = False,
+                 meta_optimizer: Annotated[str, Choice("adam", "sgd")] | None = None):
         super().__init__(meta_batch=meta_batch)
+        self.normalize = normalize
+        self.meta_optimizer = meta_optimizer or ("sgd" if normalize else "adam")
+        if meta_weight_decay is None:
+            meta_weight_decay = 5e-4 if self.meta_optimizer == "sgd" else 1e-4
         self.hidden, self.meta_lr, self.meta_weight_decay = hidden, float(meta_lr), float(meta_weight_decay)
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
         self.weight_net = WeightNet(self.hidden, generator=ctx.generator, device=ctx.device)
-        self.opt = torch.optim.Adam(self.weight_net.parameters(), lr=self.meta_lr,
-                                    weight_decay=self.meta_weight_decay)
+        if self.meta_optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.weight_net.parameters(), lr=self.meta_lr, momentum=0.9, nesterov=True,
+                                       weight_decay=self.meta_weight_decay)
+        else:
+            self.opt = torch.optim.Adam(self.weight_net.parameters(), lr=self.meta_lr,
+                                        weight_decay=self.meta_weight_decay)
 
     def step(self, batch: Batch, model: nn.Module) -> StepOutput:
         x_meta, y_meta = self.next_meta_batch()
         forward = RecordedForward(model, batch.x)  # the real step's forward, shared with the virtual step
         losses = per_example_losses(forward.output, batch.y)
         grads, _ = weight_net_meta_grad(model, self.weight_net, batch.x, batch.y, x_meta, y_meta, batch.lr,
-                                        forward=forward)
+                                        forward=forward, normalize=self.normalize)
         for p, g in zip(self.weight_net.parameters(), grads, strict=True):
             p.grad = g
         self.opt.step()
         with torch.no_grad():
             w = _weights(self.weight_net, losses)
+        if self.normalize:
+            return StepOutput((batch_normalised(w) * losses).sum(), w)
         return StepOutput((w * losses).sum() / len(batch.y), w)
 
     def options(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "meta_lr": self.meta_lr, "meta_weight_decay": self.meta_weight_decay,
-                **super().options()}
+                "normalize": self.normalize, "meta_optimizer": self.meta_optimizer, **super().options()}
