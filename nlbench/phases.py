@@ -1,5 +1,5 @@
 """The three-phase reweighting dynamics of meta-learning with noisy labels, reproduced in the paper's theory
-setting and detected from the trajectories (``METHODS.md``, "Three-phase study"; arXiv 2510.12209).
+setting and detected from the trajectories (``docs/methods.md``, "Three-phase study"; arXiv 2510.12209).
 
 Setting (what the theory analyses, and nothing more):
 
@@ -263,7 +263,7 @@ def meta_scores_squared(params: Params, x: torch.Tensor, y: torch.Tensor, weight
     over the meta samples ``(x_meta, y_meta)``; ``weights`` ``(n,)`` are constants. ``theta_hat`` needs one VJP,
     ``u = grad L_V(theta_hat)`` one reverse pass on the meta samples, and the ``n`` inner products
     ``grad l_i(theta)^T u`` one forward-mode pass (``torch.func.jvp`` of the loss vector along ``u``): no
-    second-order autograd (``METHODS.md``, "Exact meta-gradient").
+    second-order autograd (``docs/methods.md``, "Exact meta-gradient").
     """
     f, _, vjp_fn = _forward_and_vjp(params, x)
     return _meta_pass(params, x, y, weights, x_meta, y_meta, eta, f, vjp_fn)

@@ -14,7 +14,7 @@ from nlbench.registry import Registry
 DEFAULT_MODEL = {"fashion-mnist": "lenet", "fashion-mnist-binary": "mlp", "synthetic": "mlp",
                  "clothing1m": "resnet50"}
 
-#: Named protocols (``--preset``): RunConfig defaults that explicit options override. See METHODS.md,
+#: Named protocols (``--preset``): RunConfig defaults that explicit options override. See docs/methods.md,
 #: "Reference protocols".
 _FINE = dict(model="resnet34", epochs=120, batch_size=128, lr=0.02, momentum=0.9, weight_decay=1e-3,
              schedule="step", milestones=(40, 80), gamma=0.01, augment=True, meta_size=1000)

@@ -2,7 +2,7 @@
 
 Every generator is a pure function of (true labels, rate, an explicit ``numpy.random.Generator``, a context)
 that returns ``(noisy_labels, T)``. ``T`` is row-stochastic with ``T[true, noisy] = P(noisy = j | true = i)``
-(the convention of METHODS.md; cleanlab uses the transpose).
+(the convention of docs/methods.md; cleanlab uses the transpose).
 
 Exact counts: in every true class ``c`` with ``n_c`` samples, exactly ``round_half_up(n_c * (1 - T[c, c]))``
 samples, chosen uniformly at random, get a *wrong* label drawn from the off-diagonal part of row ``c`` of ``T``,

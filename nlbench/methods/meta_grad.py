@@ -7,7 +7,7 @@ SGD step is ``theta_hat(w) = theta - eta * grad_theta sum_i w_i l_i(theta) / B``
 
     g_i := -dL_V(theta_hat(w))/dw_i = (eta / B) * grad L_V(theta_hat)^T grad l_i(theta).
 
-It needs no second-order autograd (``METHODS.md``, "Exact meta-gradient"):
+It needs no second-order autograd (``docs/methods.md``, "Exact meta-gradient"):
 
 1. :func:`virtual_params`: ``theta_hat`` by one ordinary backward of ``sum_i w_i l_i / B`` through the step's
    forward (``theta_hat = theta`` for L2RW's ``w = 0``, no backward);

@@ -2,7 +2,7 @@
 
 :func:`surrogate_scores` is the pure scoring function (usable from any training loop); :class:`Surrogate` is the
 method that turns the scores into persistent per-sample weights inside the harness. The reading of the paper
-follows ``METHODS.md``, section "FBR surrogate".
+follows ``docs/methods.md``, section "FBR surrogate".
 """
 
 from __future__ import annotations
