@@ -45,9 +45,10 @@ def test_method_trains_two_epochs(name, tmp_path):
 def test_oracle_is_flagged():
     record = train(tiny_config("oracle"), device="cpu")
     assert record["oracle"] is True
-    # it trains on exactly the truly clean part of the pool (320 samples, 127 flipped)
-    assert record["sizes"]["pool"] == 320
-    assert record["sizes"]["train"] == round(320 * (1 - record["noise_report"]["realised_rate"])) == 193
+    # it trains on exactly the truly clean part of the pool: the pool minus its flipped labels
+    pool = record["sizes"]["pool"]
+    assert pool == 400 - 40 - 40
+    assert record["sizes"]["train"] == round(pool * (1 - record["noise_report"]["realised_rate"]))
 
 
 def test_surrogate_alias_and_ablation_records():

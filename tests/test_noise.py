@@ -170,6 +170,8 @@ def test_idn_rate_exact_and_rows_stochastic():
 def test_idn_two_classes_flips_to_the_other():
     y = np.repeat([0, 1], [30, 21]).astype(np.int64)
     noisy, _ = apply_noise("idn50", y, 2, noise_rng(1), NoiseContext(features=features(len(y))))
+    # exact counts, not a random stream: round_half_up(30 * 0.5) = 15 and round_half_up(21 * 0.5) = 11 flips, and
+    # with two classes every flip goes to the other class
     assert int(np.sum(noisy[y == 0] == 1)) == 15 and int(np.sum(noisy[y == 1] == 0)) == 11
 
 

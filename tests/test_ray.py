@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -171,10 +170,9 @@ def test_split_host_port_rejects(address):
 
 def test_probe_closed_port_fails_at_once():
     port = free_port()  # bound and released: nothing listens there
-    t0 = time.perf_counter()
-    with pytest.raises(NLBenchError, match=rf"cannot reach the Ray head at 127\.0\.0\.1:{port} "):
-        probe_gcs("127.0.0.1", port, timeout=5)
-    assert time.perf_counter() - t0 < 2
+    # the refusal itself is the answer, not the timeout running out (a long timeout would be reported as such)
+    with pytest.raises(NLBenchError, match=rf"cannot reach the Ray head at 127\.0\.0\.1:{port} \(Connection refused\)"):
+        probe_gcs("127.0.0.1", port, timeout=120)
 
 
 def test_probe_rejects_a_non_grpc_server():
@@ -308,14 +306,11 @@ def test_cli_grid_on_ray_then_skips(ray_head, local_records, tmp_path):
 def test_cli_wrong_address_fails_fast(ray_head, tmp_path):
     port = free_port()  # nothing listens there; the real head is up, so only the address is wrong
     env = {**os.environ, **RAY_ENV}
-    t0 = time.perf_counter()
     proc = subprocess.run([str(VENV_BIN / "nlbench"), *CLI_GRID, "--results-dir", str(tmp_path), "--executor", "ray",
                            "--ray-address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True,
                           timeout=120)
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [f"error: cannot reach the Ray head at 127.0.0.1:{port} (Connection refused); "
                                         "check --ray-address and that `ray start --head` runs there"]
-    assert proc.stdout == ""
-    assert elapsed < 30
+    assert proc.stdout == ""  # failed on the refusal ("Connection refused"), not after waiting for a cluster
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing claimed
