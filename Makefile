@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN_ARGS ?= --method surrogate --noise pairflip40 --results-dir results/local
 
-.PHONY: setup data run test test-all bench clean
+.PHONY: setup data run test test-all bench smoke clean
 
 setup: $(VENV)/.installed data
 
@@ -30,6 +30,16 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ""
+
+# One minute end to end on synthetic data: the `smoke` grid (nlbench/grids.toml), its plots and leaderboard, in a
+# fresh temp folder (SMOKE_DIR=DIR to keep them somewhere else); fails if any step fails or leaves a bad record.
+smoke: setup
+	@dir="$${SMOKE_DIR:-$$(mktemp -d -t nlbench-smoke-XXXXXX)}" && set -e && \
+	$(BIN)/nlbench grid --grid smoke --device cpu --results-dir "$$dir" && \
+	$(BIN)/nlbench plot --results-dir "$$dir" && \
+	$(BIN)/nlbench leaderboard --results-dir "$$dir" --out "$$dir/leaderboard.md" && \
+	$(BIN)/nlbench results check --results-dir "$$dir" && \
+	echo "smoke ok: records, plots and leaderboard in $$dir"
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks -q --benchmark-only -p no:randomly

@@ -88,6 +88,20 @@ CASES: tuple[Case, ...] = (
          ("noise", "show", "cifar10n-worst", "--dataset", "cifar10", "--data-root", "data/cifar", "--data-opt",
           "expected_sizes=[15,3]", "--meta-size", "0"),
          "CIFAR-N file data/cifar/cifar-n/CIFAR-10_human.pt lacks keys worse_label, random_label1"),
+    Case("cifar-n-nested", "CIFAR-N file of memo-shared nested lists (2**40 labels once flattened)",
+         ("noise", "show", "cifar10n-worst", "--dataset", "cifar10", "--data-root", "data/cifar-nested", "--data-opt",
+          "expected_sizes=[15,3]", "--meta-size", "0"),
+         "CIFAR-N file data/cifar-nested/cifar-n/CIFAR-10_human.pt refused by the safe loader (lists or dicts "
+         "nested deeper than 8 levels)"),
+    Case("cifar-n-shape", "CIFAR-N file asking numpy for an 8 TiB array",
+         ("noise", "show", "cifar10n-worst", "--dataset", "cifar10", "--data-root", "data/cifar-shape", "--data-opt",
+          "expected_sizes=[15,3]", "--meta-size", "0"),
+         "refused by the safe loader (an array of shape (1099511627776,) needs 8192.0 GiB"),
+    Case("cifar-batch-shape", "CIFAR batch asking numpy for an 8 TiB array",
+         ("noise", "show", "sym20", "--dataset", "cifar10", "--data-root", "data/cifar-batch-shape", "--data-opt",
+          "expected_sizes=[15,3]", "--meta-size", "0"),
+         "refused or corrupted CIFAR pickle data/cifar-batch-shape/cifar-10-batches-py/data_batch_1 (an array of "
+         "shape (1099511627776,) needs 8192.0 GiB"),
     Case("results-run", "results folder that cannot be written (run)",
          ("run", *SYN, "--results-dir", "not-a-dir/results"),
          "cannot write to not-a-dir/results/runs: Not a directory"),
@@ -119,14 +133,43 @@ def _write_fmnist(folder: Path, *, magic: int | None = None, truncate: int = 0) 
         (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(_idx(labels))
 
 
-def _write_cifar10(root: Path, per_batch: int = 3) -> np.ndarray:
-    """torchvision's cifar-10-batches-py layout: 5 x ``per_batch`` training images, ``per_batch`` test images."""
+class _Reduce:
+    """Pickles as ``func(*args)``: how a hostile file asks an allowed numpy callable for something huge."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _huge_array() -> _Reduce:
+    """numpy's array reconstructor asked for 2**40 float64 (8 TiB)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _Reduce(_reconstruct, np.ndarray, (2**40,), b"f8")
+
+
+def _nested_lists(depth: int = 40) -> list:
+    """A few hundred bytes pickled (the pickle memo shares each level), 2**depth labels once flattened."""
+    x: list = [0]
+    for _ in range(depth):
+        x = [x, x]
+    return x
+
+
+def _write_cifar10(root: Path, per_batch: int = 3, first_labels: object = None) -> np.ndarray:
+    """torchvision's cifar-10-batches-py layout: 5 x ``per_batch`` training images, ``per_batch`` test images;
+    ``first_labels`` replaces the labels of the first batch."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     labels = np.arange(6 * per_batch) % 10
     for i, name in enumerate([*(f"data_batch_{b}" for b in range(1, 6)), "test_batch"]):
         part = labels[i * per_batch:(i + 1) * per_batch]
-        batch = {b"labels": part.tolist(), b"data": np.zeros((per_batch, 3072), dtype=np.uint8)}
+        batch = {b"labels": part.tolist() if i or first_labels is None else first_labels,
+                 b"data": np.zeros((per_batch, 3072), dtype=np.uint8)}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     return labels[:5 * per_batch]
 
@@ -152,6 +195,13 @@ def make_template(root: Path) -> Path:
     clean = _write_cifar10(root / "data" / "cifar")
     (root / "data" / "cifar" / "cifar-n").mkdir()
     torch.save({"clean_label": clean, "aggre_label": clean}, root / "data" / "cifar" / "cifar-n" / "CIFAR-10_human.pt")
+    for name, worse in (("cifar-nested", _nested_lists()), ("cifar-shape", _huge_array())):
+        clean = _write_cifar10(root / "data" / name)
+        keys = ("clean_label", "aggre_label", "random_label1", "random_label2", "random_label3")
+        (root / "data" / name / "cifar-n").mkdir()
+        torch.save({**dict.fromkeys(keys, clean), "worse_label": worse},
+                   root / "data" / name / "cifar-n" / "CIFAR-10_human.pt")
+    _write_cifar10(root / "data" / "cifar-batch-shape", first_labels=_huge_array())
     (root / "not-a-dir").write_text("a plain file where a folder is expected\n")
     return root
 

@@ -62,6 +62,11 @@ CANDIDATES.update({
     "mlp512-6k-e30-b64-step25": ("MLP 512x2, 6k train (4k pool), 30 epochs, batch 64, lr 0.05 x0.1 at 25, no wd",
                                  dict(model="mlp512", epochs=30, batch_size=64, schedule="step", milestones=(25,),
                                       weight_decay=0.0, dataset_options={"train_size": 6000})),
+    "mlp512-5100-m100-e30-b64-step25": ("MLP 512x2, 5,100 train: meta 100 (MW-Net's 2% of the pool), val 1000, "
+                                        "pool 4000; 30 epochs, batch 64, lr 0.05 x0.1 at 25, no wd",
+                                        dict(model="mlp512", epochs=30, batch_size=64, schedule="step",
+                                             milestones=(25,), weight_decay=0.0, meta_size=100,
+                                             dataset_options={"train_size": 5100})),
 })
 BASE = dict(dataset="fashion-mnist", method="erm", batch_size=128, lr=0.05, momentum=0.9, meta_size=1000,
             val_size=1000)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,32 @@ def test_cli_skips_bad_files_with_one_warning_each(results, tmp_path):
     md = out.read_text()
     assert "49 run records (48 ok, 1 failed)" in md
     readme = os.path.relpath(Path("README.md").resolve(), tmp_path)  # links are relative to the output file
-    assert md == render_leaderboard(scan_records(results)[0], [], plots_dir="results/plots", readme=readme)
+    # no plots drawn in results/plots: none is linked
+    assert md == render_leaderboard(scan_records(results)[0], [], plots_dir="results/plots", readme=readme,
+                                    plot_exists=lambda name: False)
+
+
+def test_cli_links_only_plots_that_exist(results, tmp_path):
+    """A leaderboard written to another folder links the plots that exist, relative to itself, and says how to
+    draw the missing ones instead of linking files that are not there."""
+    slug = "synthetic__mlp__e2"
+    plots = results / "plots"
+    plots.mkdir()
+    drawn = [plot_file(slug, "sym20", "acc"), plot_file(slug, "sym20", "weights")]
+    for name in drawn:
+        (plots / name).write_bytes(b"png")
+    out = tmp_path / "elsewhere" / "lb.md"
+    res = CliRunner().invoke(app, ["leaderboard", "--results-dir", str(results), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    md = out.read_text()
+    links = re.findall(r"\]\(([^)]+\.png)\)", md)
+    assert sorted(Path(link).name for link in links) == sorted(drawn)
+    assert all((out.parent / link).is_file() for link in links)
+    assert md.count("Plots: not drawn yet (`nlbench plot` draws the plots of these records).") == 2  # sym50, pf45
+    assert "Critical-difference diagram: not drawn yet" in md
+    # sym50 and pairflip45: accuracy and weights; the CD diagram
+    assert "5 plot(s) not in" in res.stdout and "nlbench plot --results-dir" in res.stdout
+    assert res.stderr == ""
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from nlbench.benchmark.noise import noise_rng
+from nlbench.benchmark.schema import features_problems
 from nlbench.errors import NLBenchError
 
 #: Default size of the feature sample (2000 x 2 coordinates x a few epochs keeps a record small).
@@ -37,6 +38,10 @@ DEFAULT_SAMPLES = 2000
 SAMPLE_STREAM = 7
 DECIMALS = 4
 _BATCH = 1000
+#: Most panels :func:`plot_features` draws (evenly spaced epochs, first and last included, beyond that).
+MAX_PANELS = 24
+#: Most classes named in its legend.
+MAX_LEGEND = 100
 
 
 def pca_2d(meta_feats: np.ndarray, feats: np.ndarray) -> np.ndarray:
@@ -163,17 +168,22 @@ class FeatureView:
 def plot_features(record: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Draw a record's ``features`` block to a PNG at ``path``: one panel per stored epoch, clean samples as dots
     and noisy ones as crosses, all coloured by their *true* class. Raises :class:`NLBenchError` if the record
-    has no (or an empty) feature block."""
-    from nlbench.benchmark.plots import _new_figure, _save  # matplotlib only when drawing
+    has no (or an empty) or a malformed feature block (:func:`nlbench.benchmark.schema.features_problems`)."""
+    from nlbench.benchmark.plots import _new_figure, _save, literal  # matplotlib only when drawing
 
+    name = " ".join(str(record.get("run_name", "?"))[:100].split())
     block = record.get("features")
     if not isinstance(block, dict) or not block.get("epochs"):
-        raise NLBenchError(f"record {record.get('run_name', '?')} has no feature view; rerun it with "
-                           "--feature-epochs (e.g. 0,1,3)")
+        raise NLBenchError(f"record {name} has no feature view; rerun it with --feature-epochs (e.g. 0,1,3)")
+    problems = features_problems(block)
+    if problems:
+        raise NLBenchError(f"record {name} has a malformed feature view: {problems[0]}")
     epochs = sorted(block["epochs"], key=int)
-    true = np.asarray(block["true_label"])
+    if len(epochs) > MAX_PANELS:
+        epochs = [epochs[i] for i in sorted(set(np.linspace(0, len(epochs) - 1, MAX_PANELS).round().astype(int)))]
+    true = np.asarray(block["true_label"], dtype=np.int64)
     noisy = np.asarray(block["is_noisy"], dtype=bool)
-    classes = block.get("classes") or [str(c) for c in range(int(true.max()) + 1)]
+    classes = block["classes"]
     acc = {h.get("epoch"): h.get("test_acc") for h in record.get("history") or [] if isinstance(h, dict)}
     fig = _new_figure(3.6 * len(epochs) + 1.6, 4.2)
     axes = fig.subplots(1, len(epochs), squeeze=False)[0]
@@ -188,13 +198,13 @@ def plot_features(record: Mapping[str, Any], path: str | os.PathLike) -> Path:
         ax.set_title(title + (f" (test acc {100 * a:.1f}%)" if isinstance(a, int | float) else ""), fontsize=9)
         ax.set(xlabel="PC 1", ylabel="PC 2" if ax is axes[0] else None)
         ax.tick_params(labelsize=7)
-    handles = [axes[0].scatter([], [], color=f"C{c % 10}", marker="o", s=15, label=name)
-               for c, name in enumerate(classes)]
+    handles = [axes[0].scatter([], [], color=f"C{c % 10}", marker="o", s=15, label=literal(cls))
+               for c, cls in enumerate(classes[:MAX_LEGEND])]
     handles += [axes[0].scatter([], [], color="black", marker="o", s=15, label="clean"),
                 axes[0].scatter([], [], color="black", marker="x", s=20, label="noisy")]
     fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
-    fig.suptitle(f"{record.get('method')} | {record.get('dataset')} {record.get('noise')} | seed "
-                 f"{record.get('seed')}: penultimate features, PCA fitted on the clean meta set", fontsize=10)
+    fig.suptitle(literal(f"{record.get('method')} | {record.get('dataset')} {record.get('noise')} | seed "
+                         f"{record.get('seed')}: penultimate features, PCA fitted on the clean meta set"), fontsize=10)
     fig.text(0.01, 0.01, f"{len(true)} pool samples ({int(noisy.sum())} noisy). Colour = TRUE class; noisy samples "
              "(x) are drawn where their features put them, in their true-class colour.", fontsize=7)
     fig.subplots_adjust(left=0.05, right=1 - 1.4 / (3.6 * len(epochs) + 1.6), top=0.85, bottom=0.17, wspace=0.25)

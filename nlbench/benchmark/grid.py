@@ -673,6 +673,7 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
         for payload, result in executor.run([payload_for(c, data_root, device) for c in todo]):
             cfg = RunConfig.from_dict(payload["config"])
             run_name = cfg.run_name()
+            bad_before = summary.failed + len(summary.errors)
             if isinstance(result, BaseException):
                 msg = str(result).splitlines()[0] if str(result) else type(result).__name__
                 if not isinstance(result, NLBenchError):
@@ -691,7 +692,7 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
                     reason = (result.get("error") or {}).get("reason", "failed")
                     say(f"failed: {run_name}: {reason}")
             claims.release(run_name)
-            bar.advance(run_name)
+            bar.advance(run_name, failed=summary.failed + len(summary.errors) > bad_before)
     except KeyboardInterrupt:
         summary.interrupted = True
         raise KeyboardInterrupt(summary) from None

@@ -41,7 +41,7 @@ from nlbench.benchmark.splits import Splits, make_splits
 from nlbench.benchmark.telemetry import weight_telemetry
 from nlbench.datasets import Dataset, load_dataset
 from nlbench.errors import DivergenceError, NLBenchError
-from nlbench.methods import Batch, MethodContext, TrainData, TrainSet, create_method, get_method
+from nlbench.methods import Batch, MethodContext, TrainData, TrainSet, create_method, get_method, plugin_versions
 from nlbench.models import MODELS, create_model
 
 EVAL_BATCH = 1000
@@ -235,6 +235,7 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         **cpu_numerics(),
+        "plugins": plugin_versions(),  # {method: "dist==version"} of methods from entry points
     }
 
 
@@ -314,7 +315,8 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     is_noisy = train_set.is_noisy
     history: list[dict] = []
     status, error = "ok", None
-    bar = ProgressBar(progress, cfg.epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}")
+    bar = ProgressBar(progress, cfg.epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}",
+                      epochs=cfg.epochs)
     step = 0
 
     def snapshot(epoch: int) -> None:  # the feature view: eval mode, no grad, no RNG; training is unchanged
@@ -365,6 +367,7 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
                 w = persistent if persistent is not None else weights_seen
                 entry.update(weight_telemetry(w.detach().float().cpu().numpy(), is_noisy.cpu().numpy()))
             history.append(entry)
+            bar.epoch_done(epoch, train_loss, entry["test_acc"])
             snapshot(epoch)
     except DivergenceError as e:
         status, error = "failed", {"reason": str(e), "epoch": e.epoch}

@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,8 @@ BASELINE = "erm"
 REFERENCE_NOISE = "clean"
 ORACLE_TAG = "[ORACLE]"
 RATE_TAG = "[NOISE RATE]"
+#: What a leaderboard says where a linked plot file is missing.
+NO_PLOTS = "not drawn yet (`nlbench plot` draws the plots of these records)."
 #: config keys that vary within a section; everything else in the config is the section's protocol
 PER_RUN_KEYS = ("method", "noise", "seed", "method_options", "record_options")
 
@@ -400,26 +402,29 @@ def _wall_time_lines(hashes: set[str], grid_logs: Sequence[dict]) -> list[str]:
         cum_s = f"; cumulative {cum:.1f} s over {log.get('invocations', '?')} invocation(s)" \
             if math.isfinite(cum) else ""
         if math.isfinite(as_float(log.get("wall_time_s"))):
-            lines.append(f"- grid `{log.get('name')}` ({len(covered)} of its {total} runs shown here): "
+            lines.append(f"- grid `{md_escape(log.get('name'))}` ({len(covered)} of its {total} runs shown here): "
                          f"measured wall time {as_float(log['wall_time_s']):.1f} s "
                          f"({as_float(log['wall_time_s']) / 60:.1f} min) for the invocation that completed "
                          f"it ({log.get('runs_in_last_invocation', '?')} runs, finished {log.get('finished')})"
                          f"{cum_s}.")
         else:
-            lines.append(f"- grid `{log.get('name')}` ({len(covered)} of its {total} runs shown here): "
+            lines.append(f"- grid `{md_escape(log.get('name'))}` ({len(covered)} of its {total} runs shown here): "
                          f"not completed yet{cum_s}.")
     return lines or ["- no grid log covers these records (runs made with `nlbench run`)."]
 
 
 def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), *, plots_dir: str = "results/plots",
                        readme: str = "README.md", alpha: float = 0.05, title: str = "nlbench leaderboard",
-                       tables: Tables | None = None) -> str:
+                       tables: Tables | None = None, plot_exists: Callable[[str], bool] | None = None) -> str:
     """The leaderboard as Markdown (see the module docstring for what it reports).
 
     ``grid_logs`` are the grid logs (:func:`nlbench.benchmark.grid.read_grid_logs`) whose measured wall time is
     stated for the sections they cover; ``plots_dir`` and ``readme`` are the link targets as seen from where
-    the Markdown will live. Pass ``tables`` to reuse :func:`build_tables` output.
+    the Markdown will live. Pass ``tables`` to reuse :func:`build_tables` output. ``plot_exists(file_name)``
+    says whether a plot file is in ``plots_dir``: only those are linked, and a section whose plots are all
+    missing says how to draw them (default: link every plot).
     """
+    has = plot_exists or (lambda _name: True)
     records = list(records)
     t = tables if tables is not None else build_tables(records, alpha=alpha)
     n_ok = int((t.runs["status"] == "ok").sum())
@@ -482,18 +487,19 @@ def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), 
             if same:
                 out += ["", "**Identical records** (the same test accuracy at every epoch on every seed, so the "
                         "same computation here): " + "; ".join(same) + "."]
-            links = [f"[accuracy per epoch]({plots_dir}/{plot_file(slug, noise, 'acc')})"]
+            links = [f"[accuracy per epoch]({plots_dir}/{plot_file(slug, noise, 'acc')})"
+                     ] if has(plot_file(slug, noise, "acc")) else []
             sec_runs = t.runs[(t.runs["section"] == sec.section) & (t.runs["noise"] == noise)]
-            if sec_runs["has_weights"].any():
+            if sec_runs["has_weights"].any() and has(plot_file(slug, noise, "weights")):
                 links.append(f"[weights of clean vs noisy samples]({plots_dir}/{plot_file(slug, noise, 'weights')})"
                              " (reweighting methods)")
-            out += ["", "Plots: " + " · ".join(links), ""]
-        out += _ranks_section(t, sec.section, cells, plots_dir, slug, alpha)
+            out += ["", "Plots: " + (" · ".join(links) if links else NO_PLOTS), ""]
+        out += _ranks_section(t, sec.section, cells, plots_dir, slug, alpha, has)
     return "\n".join(out).rstrip("\n") + "\n"
 
 
 def _ranks_section(t: Tables, section: str, cells: pd.DataFrame, plots_dir: str, slug: str,
-                   alpha: float) -> list[str]:
+                   alpha: float, has: Callable[[str], bool] = lambda _name: True) -> list[str]:
     ranks = t.ranks[t.ranks["section"] == section]
     tests = t.tests[t.tests["section"] == section]
     oracles = sorted(set(cells.loc[cells["oracle"], "method"]))
@@ -514,8 +520,10 @@ def _ranks_section(t: Tables, section: str, cells: pd.DataFrame, plots_dir: str,
         out.append(f"Friedman test: not defined (needs k ≥ 3 methods and N ≥ 2 settings; N = {n_set}, k = {k}).")
     if math.isfinite(tr["cd"]):
         cd_link = f"{plots_dir}/{plot_file(slug, None, 'cd')}"
+        diagram = f"[critical-difference diagram]({cd_link})" if has(plot_file(slug, None, "cd")) else \
+            "Critical-difference diagram: " + NO_PLOTS
         out.append(f"Nemenyi critical difference (α = {alpha}): CD = {tr['cd']:.3f}; average ranks further apart than "
-                   f"this differ significantly. [critical-difference diagram]({cd_link})")
+                   f"this differ significantly. {diagram}")
     if oracles:
         tags = dict(zip(cells["method"], cells["tag"], strict=True))
         out.append("Not ranked: " + ", ".join(_name(md_escape(m), tags[m]) for m in oracles) +

@@ -8,12 +8,18 @@ with the leaderboard's links (:func:`nlbench.benchmark.leaderboard.plot_file`), 
 * ``<slug>__<noise>__weights.png``: mean weight of clean (solid) and noisy (dashed) samples per epoch, for the
   methods that record weight telemetry (``w_clean_mean`` / ``w_noisy_mean`` in the history);
 * ``<slug>__cd.png``: the Demšar (2006) critical-difference diagram of average ranks across noisy settings.
+
+Records are untrusted input: a file name is made of record fields only through :func:`out_path`, which keeps it
+one plain component that resolves inside the output folder, and record text is drawn literally (``$`` would
+start matplotlib's math mode, see :func:`literal`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,6 +38,7 @@ from nlbench.benchmark.leaderboard import (
     plot_file,
     protocol_of,
 )
+from nlbench.errors import NLBenchError
 
 # PNG metadata carries matplotlib's version by default; dropping it keeps the bytes stable across installs.
 _SAVE = {"dpi": 120, "metadata": {"Software": None}}
@@ -44,9 +51,43 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", **_SAVE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", **_SAVE)
+    except OSError as e:
+        raise NLBenchError(f"cannot write {path}: {e.strerror or e}") from None
     return path
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+=-]")
+_MAX_NAME = 200
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` as one plain file-name component: characters other than letters, digits and ``_.+=-`` become
+    ``_``, as does a leading dot (no hidden files, no ``..``), and a name over 200 characters is cut and given a
+    hash of the whole. The identity for names built from valid records (:data:`nlbench.benchmark.schema.NAME`),
+    so the leaderboard's links still match."""
+    safe = _UNSAFE.sub("_", name)
+    safe = "_" + safe[1:] if safe.startswith(".") else safe
+    if len(safe) > _MAX_NAME:
+        safe = f"{safe[:_MAX_NAME - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return safe or "_"
+
+
+def out_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """The path ``out_dir/<safe_file_name(name)>``, refused (:class:`NLBenchError`) unless it resolves to a file
+    directly inside ``out_dir``: a symlink planted under that name cannot redirect the write elsewhere."""
+    folder = Path(out_dir)
+    path = folder / safe_file_name(name)
+    if path.resolve().parent != folder.resolve():
+        raise NLBenchError(f"refusing to write {path}: it resolves to {path.resolve()}, outside {folder}")
+    return path
+
+
+def literal(text: object) -> str:
+    """Record text for a figure, drawn as written: matplotlib reads ``$...$`` as math (and fails on bad math)."""
+    return str(text).replace("$", r"\$")
 
 
 def _curves(records: Iterable[dict], keys: Sequence[str]) -> dict[tuple[str, str], dict[str, dict[str, np.ndarray]]]:
@@ -83,7 +124,7 @@ def _curves(records: Iterable[dict], keys: Sequence[str]) -> dict[tuple[str, str
 
 
 def _label(name: str, is_oracle: bool) -> str:
-    return f"{name} {ORACLE_TAG}" if is_oracle else name
+    return literal(f"{name} {ORACLE_TAG}" if is_oracle else name)
 
 
 def plot_accuracy(records: Sequence[dict], out_dir: str | os.PathLike, slugs: dict[str, str]) -> list[Path]:
@@ -98,11 +139,11 @@ def plot_accuracy(records: Sequence[dict], out_dir: str | os.PathLike, slugs: di
             y = 100 * c["test_acc"]
             ax.plot(np.arange(1, len(y) + 1), y, marker="o", markersize=3, linestyle="--" if c["_oracle"] else "-",
                     label=_label(label, c["_oracle"]))
-        ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{slugs[sid]}: {noise} (mean over seeds)")
+        ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=literal(f"{slugs[sid]}: {noise} (mean over seeds)"))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-        paths.append(_save(fig, Path(out_dir) / plot_file(slugs[sid], noise, "acc")))
+        paths.append(_save(fig, out_path(out_dir, plot_file(slugs[sid], noise, "acc"))))
     return paths
 
 
@@ -118,14 +159,15 @@ def plot_weights(records: Sequence[dict], out_dir: str | os.PathLike, slugs: dic
             c = curves[(sid, noise)][label]
             x = np.arange(1, len(c["w_clean_mean"]) + 1)
             colour = f"C{i % 10}"
-            ax.plot(x, c["w_clean_mean"], color=colour, marker="o", markersize=3, label=f"{label}: clean")
+            ax.plot(x, c["w_clean_mean"], color=colour, marker="o", markersize=3, label=literal(f"{label}: clean"))
             ax.plot(x, c["w_noisy_mean"], color=colour, marker="x", markersize=3, linestyle="--",
-                    label=f"{label}: noisy")
-        ax.set(xlabel="epoch", ylabel="mean sample weight", title=f"{slugs[sid]}: {noise} weights (mean over seeds)")
+                    label=literal(f"{label}: noisy"))
+        ax.set(xlabel="epoch", ylabel="mean sample weight",
+               title=literal(f"{slugs[sid]}: {noise} weights (mean over seeds)"))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        paths.append(_save(fig, Path(out_dir) / plot_file(slugs[sid], noise, "weights")))
+        paths.append(_save(fig, out_path(out_dir, plot_file(slugs[sid], noise, "weights"))))
     return paths
 
 
@@ -172,7 +214,7 @@ def plot_cd(names: Sequence[str], ranks: Sequence[float], cd: float, path: str |
         y = -(i + 1) if left else -(k - i)
         x_end = 1 - 0.02 * (k - 1) if left else max(k, 2) + 0.02 * (k - 1)
         ax.plot([r, r, x_end], [0, y, y], color="black", linewidth=0.8, clip_on=False)
-        ax.text(x_end + (-0.01 if left else 0.01) * k, y, f"{name} ({r:.2f})", ha="right" if left else "left",
+        ax.text(x_end + (-0.01 if left else 0.01) * k, y, literal(f"{name} ({r:.2f})"), ha="right" if left else "left",
                 va="center", fontsize=8, clip_on=False)
     if math.isfinite(cd):
         for level, (i, j) in enumerate(cd_cliques(ranks, cd)):
@@ -198,6 +240,6 @@ def plot_all(records: Sequence[dict], out_dir: str | os.PathLike) -> list[Path]:
         cd = float(tests.iloc[0]["cd"])
         n = int(tests.iloc[0]["n_settings"])
         paths.append(plot_cd(list(ranks["method"]), list(ranks["avg_rank"]), cd,
-                             Path(out_dir) / plot_file(sec.slug, None, "cd"),
-                             title=f"{sec.slug}: average ranks over {n} settings (Nemenyi, α = 0.05)"))
+                             out_path(out_dir, plot_file(sec.slug, None, "cd")),
+                             title=literal(f"{sec.slug}: average ranks over {n} settings (Nemenyi, α = 0.05)")))
     return paths

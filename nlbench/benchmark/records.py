@@ -5,6 +5,11 @@ Records are the truth: tables, plots and the leaderboard are regenerated from th
 same folder (``.<name>.tmp-<pid>@<host>-<random>``), flushed, fsynced and renamed, so a reader never sees half a
 record. A killed writer leaves only that dot-file temp: readers ignore it, ``nlbench results check`` reports it
 once its writer is gone, and the next ``nlbench grid`` on the folder deletes it.
+
+A results folder is untrusted input (records are shared and downloaded): :func:`load_record`, and through it
+:func:`scan_records` and :func:`find_record`, reads any file without blocking or reading without bound
+(:func:`read_json_file`) and hands on only records that pass the schema (:mod:`nlbench.benchmark.schema`);
+everything else is reported.
 """
 
 from __future__ import annotations
@@ -14,27 +19,23 @@ import math
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nlbench.benchmark.schema import SCHEMA_VERSION, STATUSES, record_problems  # noqa: F401 (re-exported)
 from nlbench.errors import NLBenchError
 
-SCHEMA_VERSION = 1
 RUNS_DIR = "runs"
 TEMP_MARK = ".tmp-"
 #: seconds after which any temp file counts as orphaned, whoever wrote it (a writer on another host, a reused pid)
 ORPHAN_TTL = 3600.0
 
-#: key -> type(s) every record must have (the schema that readers rely on)
-REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "schema": int, "method": str, "noise": str, "dataset": str, "model": str, "seed": int, "status": str,
-    "config": dict, "config_hash": str, "env": dict, "noise_report": dict, "history": list, "final": dict,
-    "wall_time_s": (int, float),
-}
-STATUSES = ("ok", "failed")
+#: Largest record file read (real ones are under 1 MB; a feature view of 2000 samples adds about 0.3 MB).
+MAX_RECORD_BYTES = 32 * 2**20
 
 
 def runs_dir(results_dir: str | os.PathLike) -> Path:
@@ -143,23 +144,70 @@ def write_record(results_dir: str | os.PathLike, record: dict) -> Path:
 
 
 def validate_record(rec: Any) -> list[str]:
-    """Schema problems of a parsed record (empty if valid)."""
-    if not isinstance(rec, dict):
-        return ["record is not a JSON object"]
-    problems = [f"missing key {k!r}" for k in REQUIRED if k not in rec]
-    problems += [f"key {k!r} has type {type(rec[k]).__name__}" for k, t in REQUIRED.items()
-                 if k in rec and not isinstance(rec[k], t)]
-    if problems:
-        return problems
-    if rec["status"] not in STATUSES:
-        problems.append(f"status {rec['status']!r} is not one of {STATUSES}")
-    for i, h in enumerate(rec["history"]):
-        if not isinstance(h, dict) or not {"epoch", "test_acc", "epoch_time_s"} <= set(h):
-            problems.append(f"history[{i}] lacks epoch/test_acc/epoch_time_s")
-            break
-    if rec["status"] == "ok" and not {"last_acc", "best_acc", "last5_acc"} <= set(rec["final"]):
-        problems.append("final lacks last_acc/best_acc/last5_acc")
-    return problems
+    """Schema problems of a parsed record (empty if valid): :func:`nlbench.benchmark.schema.record_problems`."""
+    return record_problems(rec)
+
+
+class _Refused(ValueError):
+    """A JSON value the reader refuses (NaN, infinities, overflowing numbers)."""
+
+
+def _refuse_constant(token: str) -> float:
+    raise _Refused(f"{token} is not JSON (a missing number is written as null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"the number {text[:40]} overflows a float")
+    return value
+
+
+def _special_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is, for messages (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def read_json_file(path: str | os.PathLike, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """Parse a JSON file that may be hostile; raises ``ValueError("unreadable: <why>")``.
+
+    Never blocks and never reads without bound: only a regular file is opened (checked before opening, and
+    again on the open descriptor, which is opened non-blocking so a FIFO swapped in between cannot hang the
+    reader), at most ``max_bytes`` are read, symlink loops and unreadable files are reported, nesting beyond the
+    parser's recursion limit is reported, and the non-JSON tokens ``NaN``/``Infinity`` and numbers that
+    overflow a float (``1e999``) are refused.
+    """
+    try:
+        kind = _special_kind(os.stat(path).st_mode)
+        if kind is None:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                kind = _special_kind(st.st_mode)
+                data = b"" if kind or st.st_size > max_bytes else f.read(max_bytes + 1)
+                size = max(st.st_size, len(data))
+    except OSError as e:
+        raise ValueError(f"unreadable: {e.strerror or e}") from None
+    if kind is not None:
+        raise ValueError(f"unreadable: {kind}, not a regular file")
+    if size > max_bytes:
+        raise ValueError(f"unreadable: {size} bytes, over the limit of {max_bytes} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"unreadable: not UTF-8 text (byte {e.start})") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("unreadable: JSON nested too deeply") from None
+    except (json.JSONDecodeError, _Refused) as e:
+        raise ValueError(f"unreadable: {e}") from None
+    except ValueError:  # Python refuses to convert integers of over 4300 digits
+        raise ValueError("unreadable: a number too long to convert") from None
 
 
 @dataclass
@@ -169,11 +217,9 @@ class RecordProblem:
 
 
 def load_record(path: str | os.PathLike) -> dict:
-    """Read and validate one record; raises ``ValueError`` naming the problem."""
-    try:
-        rec = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"unreadable: {e}") from None
+    """Read (:func:`read_json_file`) and validate (:func:`validate_record`) one record; raises ``ValueError``
+    naming the problem: ``unreadable: ...`` or ``schema: ...``."""
+    rec = read_json_file(path)
     problems = validate_record(rec)
     if problems:
         raise ValueError("schema: " + "; ".join(problems))
@@ -187,6 +233,8 @@ def scan_records(results_dir: str | os.PathLike) -> tuple[list[dict], list[Recor
     records: list[dict] = []
     problems: list[RecordProblem] = []
     if not folder.is_dir():
+        if os.path.lexists(folder):
+            problems.append(RecordProblem(folder, "not a folder of records"))
         return records, problems
     problems += [RecordProblem(path, "orphaned temp file") for path in orphaned_temps(folder)]
     seen: dict[str, Path] = {}

@@ -12,7 +12,9 @@ that differ in one key, so it needs its own view. Per (value, method) over the s
 * cost: mean epoch time in seconds and relative to ``erm`` at the same value of the key (when erm was run).
 
 Every other config key must be equal within a table; records that differ elsewhere go to separate tables.
-Rendering is deterministic (fixed formats and orders), so the same records give the same bytes.
+Rendering is deterministic (fixed formats and orders), so the same records give the same bytes. Record text
+(method labels with their option values, noise names, config values) goes through
+:func:`~nlbench.benchmark.leaderboard.md_escape`, so no record can add rows, columns or headings.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from nlbench.benchmark.leaderboard import (
     as_float,
     fmt_mean_std,
     fmt_pct,
+    md_escape,
     md_table,
     mean_epoch_time,
     method_label,
@@ -181,21 +184,22 @@ def render_sweep(records: Iterable[dict], by: str, title: str | None = None) -> 
            f"epoch time, and relative to `{BASELINE}` at the same `{by}`.", ""]
     for table, tc in cells.groupby("table", sort=True):
         protocol = json.loads(runs.loc[runs["table"] == table, "protocol"].iloc[0])
-        fixed = ", ".join(f"{k} `{_fmt_value(protocol[k])}`" for k in ("dataset", "model", "epochs", "batch_size",
-                                                                       "lr", "meta_size") if k in protocol)
+        fixed = ", ".join(f"{k} `{md_escape(_fmt_value(protocol[k]))}`" for k in ("dataset", "model", "epochs",
+                                                                                  "batch_size", "lr", "meta_size")
+                          if k in protocol)
         seeds = sorted(set(runs.loc[runs["table"] == table, "seed"].tolist()))
         for noise in sorted(set(tc["noise"]), key=noise_sort_key):
             nc = tc[tc["noise"] == noise]
-            out += [f"## `{noise}` — {fixed} (protocol {table})", "",
+            out += [f"## `{md_escape(noise)}` — {fixed} (protocol {table})", "",
                     f"Seeds: {', '.join(str(s) for s in seeds)}.", ""]
             rows = []
             for r in nc.itertuples():
                 ci = "—" if not math.isfinite(r.lo) else f"[{fmt_pct(r.lo)}, {fmt_pct(r.hi)}]"
                 n = f"{r.n}" + (f" ({r.n_failed} failed)" if r.n_failed else "")
-                rows.append([_fmt_value(r.value), r.method, n, fmt_mean_std(r.mean, r.std), ci, fmt_pct(r.best_acc),
-                             _fmt(r.auroc), _fmt(r.noisy_end), _fmt(r.drift), _fmt(r.clean_end),
+                rows.append([md_escape(_fmt_value(r.value)), md_escape(r.method), n, fmt_mean_std(r.mean, r.std), ci,
+                             fmt_pct(r.best_acc), _fmt(r.auroc), _fmt(r.noisy_end), _fmt(r.drift), _fmt(r.clean_end),
                              _fmt(r.epoch_time, 1), _fmt(r.cost, 2)])
-            out += md_table([f"`{by}`", "method", "n", "last epoch", "95% CI", "best epoch (optimistic)",
+            out += md_table([f"`{md_escape(by)}`", "method", "n", "last epoch", "95% CI", "best epoch (optimistic)",
                            "weight AUROC", "noisy w", "noisy rise", "clean w", "epoch s", f"cost × {BASELINE}"],
                           rows, right_from=2)
             out.append("")

@@ -27,7 +27,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
 )
 # Off a terminal rich would wrap at 80 columns and truncate matrices; logs can be wide.
 console = Console(width=None if sys.stdout.isatty() else 200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from enum import StrEnum
@@ -46,20 +47,20 @@ def run(
     noise: Annotated[str | None, typer.Option(help="Noise spec, e.g. sym40, pairflip45, idn40, clean.")] = None,
     preset: Annotated[str | None, typer.Option(help="Named protocol (see `nlbench list presets`); explicit "
                                                     "options override it.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset name [default: fashion-mnist].")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name [default: the dataset's].")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name \\[default: fashion-mnist].")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name \\[default: the dataset's].")] = None,
     seed: Seed = 0,
-    noise_seed: Annotated[int | None, typer.Option(min=0, help="Noise seed [default: the training seed].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs [default: 3].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 128].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate, SGD with momentum [default: 0.05].")] = None,
-    momentum: Annotated[float | None, typer.Option(help="[default: 0.9]")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="[default: 5e-4]")] = None,
-    schedule: Annotated[str | None, typer.Option(help="cosine, step or constant [default: cosine].")] = None,
+    noise_seed: Annotated[int | None, typer.Option(min=0, help="Noise seed \\[default: the training seed].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs \\[default: 3].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size \\[default: 128].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate, SGD with momentum \\[default: 0.05].")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum \\[default: 0.9].")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay \\[default: 5e-4].")] = None,
+    schedule: Annotated[str | None, typer.Option(help="cosine, step or constant \\[default: cosine].")] = None,
     milestones: Annotated[str | None, typer.Option(help="Step-schedule epochs, comma-separated.")] = None,
     meta_size: Annotated[int | None, typer.Option(help="Clean meta-set size, carved before noise "
-                                                       "[default: 1000].")] = None,
-    val_size: Annotated[int | None, typer.Option(help="Noisy validation split size [default: 0].")] = None,
+                                                       "\\[default: 1000].")] = None,
+    val_size: Annotated[int | None, typer.Option(help="Noisy validation split size \\[default: 0].")] = None,
     augment: Annotated[bool | None, typer.Option(help="Random crop + flip on the device.")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="Method option key=value (repeatable).")] = None,
     data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
@@ -72,7 +73,8 @@ def run(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
     force: Annotated[bool, typer.Option(help="Rerun even if a finished record exists.")] = False,
-    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal.")] = True,
+    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal; off a terminal, one line per "
+                                                "epoch.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole record as JSON.")] = False,
 ) -> None:
     """Train one setting and write its record (resumes: a finished record is reused unless --force)."""
@@ -90,9 +92,10 @@ def run(
         cfg = RunConfig.from_preset(preset, **{k: v for k, v in given.items() if v is not None})
         if download and data_root is None:
             raise NLBenchError("--download needs --data-root (the folder to download into)")
-        try:
-            rec = train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
-                        resume=not force, download=download, compile_model=compile_model)
+        try:  # with --json, stdout is the record alone: per-epoch progress lines go to stderr
+            with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+                rec = train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
+                            resume=not force, download=download, compile_model=compile_model)
         except KeyboardInterrupt:  # records are written whole or not at all: say so, and how to go on
             print("interrupted: no record written; rerun the same command to run it again", file=sys.stderr)
             raise typer.Exit(130) from None
@@ -119,15 +122,18 @@ def print_summary(rec: dict) -> None:
     tag = " [ORACLE]" if rec.get("oracle") else ""
     table = Table(title=f"{rec['method']}{tag} | {rec['dataset']} {rec['noise']} | seed {rec['seed']}",
                   show_header=True)
-    for col in ("status", "realised noise", "last acc", "best acc (optimistic)", "mean last 5", "epochs",
+    f = rec.get("final", {})
+    done = f.get("epochs_done", len(rec["history"]))
+    tail = min(5, done) if done else 5  # final.last5_acc averages the last 5 epochs, or all of a shorter run
+    for col in ("status", "realised noise", "last acc", "best acc (optimistic)", f"mean last {tail}", "epochs",
                 "wall s"):
         table.add_column(col, justify="right")
-    f = rec.get("final", {})
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f}"
 
-    table.add_row(rec["status"], f"{rec['noise_report']['realised_rate']:.4f}", pct(f.get("last_acc")),
+    rate = (rec.get("noise_report") or {}).get("realised_rate")
+    table.add_row(rec["status"], "—" if rate is None else f"{rate:.4f}", pct(f.get("last_acc")),
                   pct(f.get("best_acc")), pct(f.get("last5_acc")), str(len(rec["history"])),
                   f"{rec['wall_time_s']:.1f}")
     console.print(table)
@@ -149,24 +155,40 @@ class Kind(StrEnum):
 
 @app.command("list")
 def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")] = Kind.methods) -> None:
-    """List registered methods, noises, datasets, models (backbones) or presets."""
+    """List methods (with what each reads beyond the noisy pool), noises, datasets, models or presets."""
+    from rich.markup import escape
+
     with user_errors():
         rows = registry_rows(kind.value)
     table = Table(show_header=True)
-    table.add_column(kind.value[:-1])
+    table.add_column(kind.value[:-1], no_wrap=True)
     table.add_column("description")
-    for name, desc in rows:
-        table.add_row(name, desc)
+    if kind is Kind.methods:
+        table.add_column("reads", no_wrap=True)
+    for row in rows:  # descriptions hold matrix indices such as T[i,i]: never rich markup
+        table.add_row(*(escape(cell) for cell in row))
     console.print(table)
 
 
 def _first_line(obj: Any) -> str:
-    doc = (getattr(obj, "__doc__", None) or "").strip()
-    return doc.split("\n\n")[0].replace("\n", " ")
+    """An object's docstring's first paragraph as one line of plain text (reST unwrapped, spaces collapsed)."""
+    import inspect
+
+    from nlbench.methods.base import plain_summary
+
+    return plain_summary(inspect.getdoc(obj) or "")
 
 
-def registry_rows(kind: str) -> list[tuple[str, str]]:
-    """(name, one-line description) for every entry of a registry."""
+def method_flags(cls: Any) -> str:
+    """What a method reads beyond the noisy pool, for ``nlbench list methods``."""
+    flags = [label for attr, label in (("uses_meta", "meta set"), ("uses_noise_rate", "noise rate [NOISE RATE]"),
+                                       ("oracle", "ground truth [ORACLE]")) if getattr(cls, attr, False)]
+    return ", ".join(flags) or "-"
+
+
+def registry_rows(kind: str) -> list[tuple[str, ...]]:
+    """(name, one-line description) for every entry of a registry; methods add what they read
+    (:func:`method_flags`)."""
     if kind == "methods":
         from nlbench.methods import METHODS, list_methods
 
@@ -174,8 +196,8 @@ def registry_rows(kind: str) -> list[tuple[str, str]]:
         for name in list_methods():
             cls = METHODS.get(name)
             aliases = METHODS.aliases(name)
-            extra = (f" (alias: {', '.join(aliases)})" if aliases else "") + (" [ORACLE]" if cls.oracle else "")
-            rows.append((name, _first_line(cls) + extra))
+            summary = " ".join((cls.summary or _first_line(cls)).split())
+            rows.append((name, summary + (f" (alias: {', '.join(aliases)})" if aliases else ""), method_flags(cls)))
         return rows
     if kind == "noises":
         from nlbench.benchmark.noise import NOISES, list_noises

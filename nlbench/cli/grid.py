@@ -196,12 +196,24 @@ def leaderboard(
         def rel(p: Path) -> str:  # links relative to where the Markdown lives
             return Path(os.path.relpath(p.resolve(), base)).as_posix()
 
-        text = render_leaderboard(records, logs, plots_dir=rel(plots_dir or results_dir / "plots"), readme=rel(readme))
+        plots = plots_dir or results_dir / "plots"
+        missing: list[str] = []
+
+        def plot_exists(name: str) -> bool:  # link only plots that are there; count the others for the hint
+            if (plots / name).is_file():
+                return True
+            missing.append(name)
+            return False
+
+        text = render_leaderboard(records, logs, plots_dir=rel(plots), readme=rel(readme), plot_exists=plot_exists)
         if str(out) == "-":
             sys.stdout.write(text)
             return
         atomic_write_text(out, text)
     console.print(f"leaderboard of {len(records)} records written to {out}")
+    if missing:
+        console.print(f"{len(set(missing))} plot(s) not in {plots} are not linked: draw them with `nlbench plot "
+                      f"--results-dir {results_dir} --out-dir {plots}`, then run this command again", markup=False)
 
 
 @app.command()
@@ -253,6 +265,7 @@ def plot_features_cmd(
     """Draw a record's feature view: one PCA panel per stored epoch, clean samples as dots and noisy ones as
     crosses, coloured by true class."""
     from nlbench.benchmark.features import plot_features
+    from nlbench.benchmark.plots import safe_file_name
     from nlbench.benchmark.records import load_record
 
     with user_errors():
@@ -260,8 +273,34 @@ def plot_features_cmd(
             rec = load_record(record)
         except ValueError as e:
             raise NLBenchError(f"cannot read record {record}: {e}") from None
-        path = plot_features(rec, out or Path(f"{record.stem}.features.png"))
+        path = plot_features(rec, out or Path(safe_file_name(f"{record.stem}.features.png")))
     console.print(f"feature view written to {path}")
+
+
+@results_app.command("export")
+def results_export(
+    csv: Annotated[Path, typer.Option("--csv", help="CSV file to write ('-' for stdout).")],
+    results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
+) -> None:
+    """Write every valid record as one CSV row: what ran, final metrics and noise in percent (unit in the
+    column name), flags and the flattened config, the columns of `nlbench.load_records`."""
+    import warnings
+
+    from nlbench.api import load_records
+    from nlbench.benchmark.records import atomic_write_text
+
+    with user_errors():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            df = load_records(results_dir)
+        for w in caught:
+            _warn(str(w.message))
+        text = df.to_csv(index=False)
+        if str(csv) == "-":
+            sys.stdout.write(text)
+            return
+        atomic_write_text(csv, text)
+    console.print(f"{len(df)} records of {results_dir} written to {csv}", markup=False)
 
 
 @results_app.command("check")

@@ -8,9 +8,10 @@ found through the ``nlbench.methods`` entry-point group: an entry point ``name =
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import entry_points
 
-from nlbench.errors import NLBenchError
+from nlbench.errors import UnknownNameError
 from nlbench.methods.base import (
     METHODS,
     Batch,
@@ -24,19 +25,45 @@ from nlbench.methods.base import (
 from nlbench.options import bind_options
 
 _PLUGINS_LOADED = False
+#: method name -> "distribution==version" for every method an entry point registered (recorded in ``env``)
+PLUGIN_DISTS: dict[str, str] = {}
+#: entry-point name -> why it failed to load, for plugins that were skipped
+FAILED_PLUGINS: dict[str, str] = {}
 
 
 def load_plugins() -> None:
-    """Import every ``nlbench.methods`` entry point once; a broken plugin is a user-facing error."""
+    """Import every ``nlbench.methods`` entry point once.
+
+    A plugin whose import fails is skipped with one warning line on stderr that names it, so a broken
+    third-party package never disables the built-in methods or the other plugins. The methods each plugin
+    registered are remembered with its distribution and version (:func:`plugin_versions`).
+    """
     global _PLUGINS_LOADED
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
     for ep in entry_points(group="nlbench.methods"):
+        before = set(METHODS.list())
         try:
             ep.load()
-        except Exception as e:  # a third-party import error must name the plugin, not crash the CLI
-            raise NLBenchError(f"method plugin {ep.name!r} ({ep.value}) failed to load: {e}") from e
+        except Exception as e:  # a third-party import error names the plugin and is skipped
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            FAILED_PLUGINS[ep.name] = why
+            print(f"warning: method plugin {ep.name!r} ({ep.value}) failed to load: {why}", file=sys.stderr)
+            continue
+        dist = getattr(ep, "dist", None)
+        origin = f"{dist.name}=={dist.version}" if dist is not None else ep.value
+        # the methods this entry point registered; a module imported earlier registers nothing new, so fall
+        # back to the entry point's name when it names a method
+        new = set(METHODS.list()) - before or ({ep.name} if ep.name in METHODS else set())
+        for name in new:
+            PLUGIN_DISTS[METHODS.canonical(name)] = origin
+
+
+def plugin_versions() -> dict[str, str]:
+    """``{method name: "distribution==version"}`` for the methods that came from entry points (sorted)."""
+    load_plugins()
+    return dict(sorted(PLUGIN_DISTS.items()))
 
 
 def list_methods(pattern: str = "*") -> list[str]:
@@ -46,9 +73,16 @@ def list_methods(pattern: str = "*") -> list[str]:
 
 
 def get_method(name: str) -> type[Method]:
-    """The method class registered as ``name`` (or an alias); unknown names raise with a close match."""
+    """The method class registered as ``name`` (or an alias); unknown names raise with a close match (and name
+    the plugins that failed to load, one of which may have provided it)."""
     load_plugins()
-    return METHODS.get(name)
+    try:
+        return METHODS.get(name)
+    except UnknownNameError as e:
+        if not FAILED_PLUGINS:
+            raise
+        raise UnknownNameError(f"{e} (method plugin(s) that failed to load: {', '.join(sorted(FAILED_PLUGINS))})"
+                               ) from None
 
 
 def create_method(name: str, **options) -> Method:
@@ -69,4 +103,4 @@ def _import_builtin_methods() -> None:
 _import_builtin_methods()
 
 __all__ = ["METHODS", "Batch", "Method", "MethodContext", "StepOutput", "TrainData", "TrainSet",
-           "create_method", "get_method", "list_methods", "load_plugins", "register_method"]
+           "create_method", "get_method", "list_methods", "load_plugins", "plugin_versions", "register_method"]

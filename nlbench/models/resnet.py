@@ -214,4 +214,5 @@ class TorchvisionResNet50(FeatureModel):
 
 @register_model("resnet50")
 def resnet50(num_classes: int, input_shape: tuple[int, ...]) -> TorchvisionResNet50:
+    """torchvision's ResNet-50 (ImageNet layout, no pretrained weights), d=2048, for Clothing1M."""
     return TorchvisionResNet50(num_classes, input_shape)

@@ -73,6 +73,7 @@ def mlp1024(num_classes: int, input_shape: tuple[int, ...]) -> MLP:
 
 @register_model("lenet")
 def lenet(num_classes: int, input_shape: tuple[int, ...]) -> LeNet:
+    """LeNet-5 with BatchNorm after each conv, 84-d features (Fashion-MNIST, the leaderboard's model)."""
     if len(input_shape) != 3:
         raise ValueError(f"lenet needs image inputs (C, H, W), got shape {input_shape}")
     return LeNet(num_classes, input_shape)
