@@ -5,7 +5,7 @@
 Each backbone trains on random 3x32x32 inputs (ResNet-50 at its Clothing1M size is far too slow for a CPU, so it
 is measured at 32x32 too) through the harness's own step: uint8 batch on the device, per-batch normalisation,
 and on CUDA channels_last + bf16 autocast. The median over ``--steps`` steps after ``--warmup`` steps is
-reported. ``--write`` stores the table as JSON in results/bench/backbones-<device>.json.
+reported. ``--write`` stores the table as JSON in results/bench/backbones-<device>.json (or ``--out PATH``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nlbench.benchmark.harness import autocast_factory, make_prep, select_device
 from nlbench.datasets.base import Dataset
 from nlbench.models import create_model
 
-BACKBONES = ["resnet32", "preact-resnet18", "resnet34", "wrn-28-10", "resnet50"]
+BACKBONES = ["resnet32", "preact-resnet18", "resnet34", "wrn-28-10", "resnet50", "cifar-fast"]
 
 
 def bench(name: str, device: torch.device, batch: int, steps: int, warmup: int) -> float:
@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--models", default=",".join(BACKBONES))
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--out", default=None, help="JSON path for --write "
+                    "[default: results/bench/backbones-<device>.json]")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,7 +82,7 @@ def main() -> None:
            "command": "python benchmarks/bench_backbones.py " + " ".join(
                f"--{k} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "write")}
     if args.write:
-        path = Path("results/bench") / f"backbones-{device.type}.json"
+        path = Path(args.out) if args.out else Path("results/bench") / f"backbones-{device.type}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
         print(f"wrote {path}")

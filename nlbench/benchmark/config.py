@@ -41,6 +41,14 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "clothing1m-paper": dict(dataset="clothing1m", model="resnet50", epochs=10, batch_size=64, lr=0.002,
                              momentum=0.9, weight_decay=1e-3, schedule="step", milestones=(5,), gamma=0.1,
                              augment=True, meta_size=1000, noise="clean"),
+    # A short GPU protocol on the airbench94-style cifar-fast net (Jordan 2024: ~10 epochs, batch 1024, Nesterov
+    # SGD, label smoothing, whitening init, TTA). The harness has plain SGD with momentum and no warm-up, label
+    # smoothing or TTA, and cifar-fast has no whitening init, so: twice the epochs, Goyal et al.'s peak lr
+    # 0.1 x 1024/256 = 0.4, cosine to 0, crop + flip. Its target, >= 93% clean test accuracy on CIFAR-10, is NOT
+    # measured yet (no GPU so far); see the README's "GPU" section. cifar10-jpeg-fast: the same on the JPEG copy.
+    **{f"{ds}-fast": dict(dataset=ds, model="cifar-fast", epochs=20, batch_size=1024, lr=0.4, momentum=0.9,
+                          weight_decay=5e-4, schedule="cosine", augment=True, meta_size=1000)
+       for ds in ("cifar10", "cifar10-jpeg")},
 }
 PRESETS: Registry = Registry("preset")
 for _name, _values in _PRESETS.items():

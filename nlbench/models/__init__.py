@@ -40,6 +40,6 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> F
     return MODELS.get(name)(num_classes, tuple(input_shape))
 
 
-from nlbench.models import resnet, small  # noqa: E402,F401
+from nlbench.models import fast, resnet, small  # noqa: E402,F401
 
 __all__ = ["MODELS", "FeatureModel", "create_model", "list_models", "register_model"]
