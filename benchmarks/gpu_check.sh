@@ -19,7 +19,7 @@
 # are skipped, a running step is interrupted at it and leaves no record); GPU_CHECK_OUT (default results/gpu).
 # A finished record is reused on a rerun.
 # Without a visible CUDA GPU it prints one error line and exits 2, before anything is written.
-set -uo pipefail
+set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
 die() {
@@ -66,12 +66,13 @@ fi
 command -v "$py" >/dev/null 2>&1 || die "no Python at '$py': set PYTHON to the interpreter that has nlbench"
 
 # nvidia-smi first (no torch import when there is no driver), then what torch itself sees (CUDA_VISIBLE_DEVICES)
-no_gpu="no CUDA GPU visible (nvidia-smi / torch.cuda.is_available() is false); gpu_check.sh only measures the GPU path"
+no_gpu="no CUDA GPU visible; gpu_check.sh measures the GPU path only"
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
     die "$no_gpu"
 fi
-"$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)' >/dev/null 2>&1
-case $? in
+cuda_rc=0
+"$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)' >/dev/null 2>&1 || cuda_rc=$?
+case $cuda_rc in
     0) ;;
     3) die "$no_gpu" ;;
     *) die "'$py' cannot import torch: set PYTHON to the interpreter that has nlbench" ;;
@@ -100,7 +101,9 @@ if [[ ! -f "$jpeg/cache-v1.npz" ]]; then
     mkdir -p "$stage/cifar10-jpeg" || die "cannot create the staging folder $stage (set GPU_CHECK_STAGE)"
     ln -sfn "$(realpath "$data_root/cifar-n")" "$stage/cifar-n"
     for f in cifar10-jpeg.tar.gz train test; do
-        [[ -e "$jpeg/$f" ]] && ln -sfn "$(realpath "$jpeg/$f")" "$stage/cifar10-jpeg/$f"
+        if [[ -e "$jpeg/$f" ]]; then
+            ln -sfn "$(realpath "$jpeg/$f")" "$stage/cifar10-jpeg/$f"
+        fi
     done
     data_root="$stage"
 fi
@@ -122,10 +125,14 @@ step() {
         return
     fi
     echo "start $name (${left}s left)"
-    timeout --signal=INT --kill-after=20 "$left" "$@" >"$out/logs/$name.log" 2>&1
-    rc=$?
-    ((rc == 124)) && echo "      $name: interrupted at the budget"
-    ((rc != 0)) && failed=1
+    rc=0
+    timeout --signal=INT --kill-after=20 "$left" "$@" >"$out/logs/$name.log" 2>&1 || rc=$?
+    if ((rc == 124)); then
+        echo "      $name: interrupted at the budget"
+    fi
+    if ((rc != 0)); then
+        failed=1
+    fi
     printf '%s\t%s\t%s\n' "$name" "$rc" $((SECONDS - t0)) >>"$steps"
     echo "done  $name: exit $rc, $((SECONDS - t0)) s"
 }

@@ -17,8 +17,7 @@ from nlbench.benchmark.harness import train
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-NO_GPU = ("error: no CUDA GPU visible (nvidia-smi / torch.cuda.is_available() is false); gpu_check.sh only "
-          "measures the GPU path\n")
+NO_GPU = "error: no CUDA GPU visible; gpu_check.sh measures the GPU path only\n"
 
 
 def _run(args: list[str], path_prefix: Path | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -36,6 +35,14 @@ def no_results_gpu():
         pytest.skip("results/gpu exists already (a real GPU check ran here)")
     yield
     assert not (ROOT / "results" / "gpu").exists()
+
+
+def test_script_is_strict_bash():
+    """Executable, bash, and stops at the first unhandled failure (set -euo pipefail before any command)."""
+    text = SCRIPT.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and os.access(SCRIPT, os.X_OK)
+    first = next(line for line in text.splitlines()[1:] if line.strip() and not line.startswith("#"))
+    assert first == "set -euo pipefail"
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -176,3 +183,20 @@ def test_a_python_without_torch_is_named_not_taken_for_no_gpu(tmp_path):
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == "error: 'false' cannot import torch: set PYTHON to the interpreter that has nlbench\n"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_failing_step_does_not_stop_the_others(tmp_path):
+    """Under set -e a failed run is still logged, the later steps and the summary still run, and the exit is 1."""
+    bin_dir, log, root = _fake_gpu(tmp_path)
+    fake = bin_dir / "python"
+    fake.write_text(fake.read_text().replace("esac\n", "  *'--method erm --noise sym20'*) exit 3 ;;\nesac\n"))
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHON": str(fake),
+           "GPU_CHECK_OUT": str(out), "GPU_CHECK_STAGE": str(tmp_path / "stage"), "NLBENCH_DATA_ROOT": str(root)}
+    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert sum("nlbench.cli run" in c for c in log.read_text().splitlines()) == 6
+    exits = dict(line.split("\t")[:2] for line in (out / "steps.tsv").read_text().splitlines()[1:])
+    assert exits.pop("erm-sym20") == "3" and set(exits.values()) == {"0"} and len(exits) == 7
+    assert (out / "summary.md").exists()
