@@ -283,7 +283,7 @@ def test_user_error_in_a_task_comes_back_as_its_message(ray_head, tmp_path):
                    meta_size=40, overrides={"dataset_options": {"n_train": 0}})
     summary = run_grid(expand(bad), tmp_path, RayExecutor(address=ray_head), progress=False, name="bad")
     assert summary.errors == [(expand(bad)[0].run_name(),
-                               "synthetic needs n_train, n_test, dim >= 1 and num_classes >= 2")]
+                               "dataset 'synthetic': option n_train must be in [1, 1e+06], got 0")]
     assert summary.done == 0
     assert scan_records(tmp_path) == ([], [])
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any
 
 from nlbench.errors import NLBenchError
+from nlbench.options import Range
 from nlbench.registry import Registry
 
 #: The model each dataset trains with unless ``model`` is given.
@@ -55,6 +58,36 @@ for _name, _values in _PRESETS.items():
     PRESETS.add(_name, _values)
 
 
+#: The allowed range of every numeric RunConfig field but the seeds (checked by :meth:`RunConfig.validate`).
+NUMERIC_FIELDS: dict[str, Any] = {
+    "epochs": Annotated[int, Range(1, 10_000)],
+    "batch_size": Annotated[int, Range(2, 65_536)],
+    "lr": Annotated[float, Range(0, 10, low_open=True)],
+    "momentum": Annotated[float, Range(0, 1, high_open=True)],
+    "weight_decay": Annotated[float, Range(0, 1)],
+    "gamma": Annotated[float, Range(0, 1, low_open=True)],
+    "meta_size": Annotated[int, Range(0, 10**7)],
+    "val_size": Annotated[int, Range(0, 10**7)],
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _short(v: Any) -> str:
+    """``repr(v)`` for an error line, cut at 40 characters (a 400-digit integer must not fill the terminal)."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """12 hex digits of SHA-256 over the canonical JSON of a config dict (:meth:`RunConfig.to_dict`, or the
+    ``config`` of a stored record, which re-hashes to its ``config_hash``)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 @dataclass
 class RunConfig:
     """Everything that determines a run's result. The defaults are the Fashion-MNIST protocol of the leaderboard
@@ -88,7 +121,8 @@ class RunConfig:
     record_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.milestones = tuple(int(m) for m in self.milestones)
+        if isinstance(self.milestones, list | tuple):  # anything else is refused by validate()
+            self.milestones = tuple(int(m) if _is_int(m) else m for m in self.milestones)
         if self.model is None:
             self.model = DEFAULT_MODEL.get(self.dataset, "resnet32")
         self.validate()
@@ -98,19 +132,32 @@ class RunConfig:
         return self.seed if self.noise_seed is None else self.noise_seed
 
     def validate(self) -> None:
-        """Raise :class:`NLBenchError` for values no run can use."""
+        """Raise :class:`NLBenchError` for values no run can use: the one check of every numeric field, so the
+        CLI, grids and the Python API refuse the same inputs (ranges in :data:`NUMERIC_FIELDS`)."""
         for name in ("seed", "noise_seed"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 0):
-                raise NLBenchError(f"--{name.replace('_', '-')} must be a non-negative integer, got {v!r}")
-        if self.epochs < 1:
-            raise NLBenchError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise NLBenchError(f"--batch-size must be at least 2, got {self.batch_size}")
-        if not self.lr > 0:
-            raise NLBenchError(f"--lr must be positive, got {self.lr}")
-        if self.meta_size < 0 or self.val_size < 0:
-            raise NLBenchError("--meta-size and --val-size must be non-negative")
+            if v is not None and (not _is_int(v) or not 0 <= v < 2**63):
+                raise NLBenchError(f"--{name.replace('_', '-')} must be an integer in [0, 2^63), got {_short(v)}")
+        for name, hint in NUMERIC_FIELDS.items():
+            flag, v = f"--{name.replace('_', '-')}", getattr(self, name)
+            is_int = hint.__origin__ is int
+            if not (_is_int(v) if is_int else isinstance(v, numbers.Real) and not isinstance(v, bool)):
+                raise NLBenchError(f"{flag} must be {'an integer' if is_int else 'a number'}, got {_short(v)}")
+            if name == "epochs" and v < 1:
+                raise NLBenchError(f"--epochs must be at least 1, got {v}")
+            if name in ("meta_size", "val_size") and v < 0:
+                raise NLBenchError(f"--meta-size and --val-size must be non-negative, got {flag} {v}")
+            if not isinstance(v, numbers.Integral) and not math.isfinite(v):
+                raise NLBenchError(f"{flag} must be finite, got {v!r}")
+            for r in hint.__metadata__:
+                if not r.contains(v):
+                    raise NLBenchError(f"{flag} must be in {r}, got {_short(v)}")
+        ms = self.milestones
+        if not isinstance(ms, tuple) or not all(_is_int(m) for m in ms):
+            raise NLBenchError(f"--milestones must be integers, got {_short(ms)}")
+        if any(not 1 <= m <= self.epochs for m in ms) or any(a >= b for a, b in zip(ms, ms[1:], strict=False)):
+            raise NLBenchError(f"--milestones must be strictly increasing epochs in [1, {self.epochs}] (--epochs), "
+                               f"got {_short(ms)}")
         reserved = {"root", "download"} & set(self.dataset_options)
         if reserved:
             raise NLBenchError(f"dataset option(s) {', '.join(sorted(reserved))} cannot be set with --data-opt; "
@@ -137,8 +184,7 @@ class RunConfig:
 
     def hash(self) -> str:
         """12 hex digits of SHA-256 over the canonical JSON of the config: the identity of a run."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return config_hash(self.to_dict())
 
     def run_name(self) -> str:
         """File-name stem that says what the run was: ``dataset__method__noise__s0__<hash>``."""

@@ -13,23 +13,28 @@ The pieces, each usable on its own:
   ``<results_dir>/runs/.claims/``), writes each returned record atomically, releases the claim, and keeps a grid
   log with the measured wall time under ``<results_dir>/grids/<name>.json``.
 
-Claims. A claim is ``<run_name>.claim`` created with ``O_CREAT | O_EXCL`` (atomic on local file systems and NFSv3+)
-holding pid, hostname, start time and a random token. The driver holds claims for every run it has queued and
-refreshes their mtime from a heartbeat thread, so the TTL measures time since the holder was last seen alive,
-not the run's length. A claim is stale when its pid is dead on this host or its heartbeat is older than the TTL
-(other hosts, or a reused pid); a stale claim is taken over by renaming it away first, so of two drivers taking
-over the same claim only one wins. Because a record is written before its claim is removed, a driver re-checks
-for the record after claiming, and a run is never executed twice by drivers sharing a results folder.
+Claims. A claim is ``<run_name>.claim`` holding pid, hostname, start time and a random token, written to a temp
+file and hard-linked into place (atomic and exclusive like ``O_CREAT | O_EXCL``, on local file systems and NFS),
+so it is never seen empty. ``nlbench run`` with a results folder takes the same claim. The driver holds claims
+for every run it has queued and refreshes their mtime from a heartbeat thread, so the TTL measures time since
+the holder was last seen alive, not the run's length. A claim is stale when its pid is dead on this host, its
+heartbeat is older than the TTL (other hosts, or a reused pid), or it is empty or unreadable (a crash, a full
+disk); a stale claim is taken over by renaming it away first, so of two drivers taking over the same claim only
+one wins. Because a record is written before its claim is removed, a driver re-checks for the record after
+claiming, and a run is never executed twice by drivers sharing a results folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import secrets
+import signal
 import socket
+import sys
 import threading
 import time
 import tomllib
@@ -44,10 +49,14 @@ from typing import Any, Protocol
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.progress import ProgressBar
 from nlbench.benchmark.records import (
+    TEMP_MARK,
+    _host_tag,
     atomic_write_text,
     find_record,
+    is_orphaned_temp,
     orphaned_temps,
     pid_alive,
+    read_json_file,
     runs_dir,
     write_record,
 )
@@ -58,6 +67,19 @@ GRIDS_DIR = "grids"
 CLAIMS_DIR = ".claims"
 #: default claim TTL (seconds since the holder's last heartbeat) after which another host may take a run over
 DEFAULT_CLAIM_TTL = 3600.0
+#: shortest claim TTL accepted: the heartbeat refreshes claims every ttl/4 seconds, at least every second
+MIN_CLAIM_TTL = 10.0
+#: largest claim file read (real ones are about 120 bytes)
+MAX_CLAIM_BYTES = 4096
+#: largest grid log read (a log lists one 12-digit hash per run)
+MAX_GRID_LOG_BYTES = 16 * 2**20
+
+
+def check_claim_ttl(ttl: float) -> float:
+    """``ttl`` if it is a finite number of seconds >= :data:`MIN_CLAIM_TTL`, else one-line NLBenchError."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) or ttl < MIN_CLAIM_TTL:
+        raise NLBenchError(f"--claim-ttl must be a finite number of seconds >= {MIN_CLAIM_TTL:g}, got {ttl!r}")
+    return float(ttl)
 
 
 # ----------------------------------------------------------------------------------------------- specs
@@ -287,9 +309,37 @@ class Executor(Protocol):
 def _ignore_sigint() -> None:
     # Ctrl-C reaches the whole process group: the driver handles it and terminates the workers, so workers
     # ignore it instead of each printing a traceback.
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(driver_pid: int, poll_s: float = 1.0) -> None:
+    """Make this process die when ``driver_pid``, its parent, does (a ``kill -9`` of the driver must not leave
+    workers training for nobody). On Linux the kernel sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); everywhere,
+    a daemon thread polls the parent pid as a fallback."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != driver_pid:  # the driver died before the death signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        while os.getppid() == driver_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+    threading.Thread(target=watch, name="nlbench-watch-driver", daemon=True).start()
+
+
+def _worker_init(driver_pid: int) -> None:
+    """Initializer of the local executor's workers: ignore Ctrl-C, die with the driver."""
+    _ignore_sigint()
+    _die_with(driver_pid)
 
 
 def cpu_count() -> int:
@@ -326,7 +376,7 @@ class LocalExecutor:
         threads = max(1, cpu_count() // self.workers)
         self._pool = ProcessPoolExecutor(max_workers=min(self.workers, len(payloads)),
                                          mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_ignore_sigint)
+                                         initializer=_worker_init, initargs=(os.getpid(),))
         futures: dict[Future, dict] = {}
         for p in payloads:
             futures[self._pool.submit(run_one, {**p, "threads": p.get("threads") or threads})] = p
@@ -365,13 +415,18 @@ def claim_path(results_dir: str | os.PathLike, run_name: str) -> Path:
 
 
 def read_claim(path: str | os.PathLike) -> dict | None:
-    """The claim's content, ``{}`` if it is unreadable (being written, or garbage), ``None`` if it is gone."""
+    """The claim's content, ``{}`` if it is unreadable (empty, garbage, a FIFO: never blocks, reads at most
+    :data:`MAX_CLAIM_BYTES`), ``None`` if it is gone."""
     try:
-        data = json.loads(Path(path).read_text())
+        os.lstat(path)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except OSError:
         return {}
+    try:
+        data = read_json_file(path, max_bytes=MAX_CLAIM_BYTES)
+    except ValueError:
+        return {} if os.path.lexists(path) else None
     return data if isinstance(data, dict) else {}
 
 
@@ -380,25 +435,29 @@ def claim_is_stale(info: dict, mtime: float, *, now: float, ttl: float, host: st
     """Whether a claim (content ``info``, last heartbeat ``mtime``) may be taken over.
 
     Stale if its heartbeat is older than ``ttl`` seconds (a holder on another host, a hung holder, or a reused
-    pid), or if it was made on this host by a process that no longer runs. A claim without a readable pid or
-    host is judged by age alone (a holder may be between creating and filling it).
+    pid), if it was made on this host by a process that no longer runs, or at once if it has no readable pid and
+    host (empty or garbage: a crash or a full disk; :class:`Claims` creates a claim complete, by linking a
+    filled temp file into place, so a live holder's claim is never empty).
     """
+    pid, claim_host = info.get("pid"), info.get("host")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(claim_host, str):
+        return True
     if now - mtime > ttl:
         return True
     host = socket.gethostname() if host is None else host
-    pid = info.get("pid")
-    return info.get("host") == host and isinstance(pid, int) and not alive(pid)
+    return claim_host == host and not alive(pid)
 
 
 def stale_claims(results_dir: str | os.PathLike, ttl: float = DEFAULT_CLAIM_TTL) -> list[Path]:
     """Claim files under ``results_dir`` that are stale (and leftovers of interrupted take-overs)."""
+    ttl = check_claim_ttl(ttl)
     folder = claims_dir(results_dir)
     if not folder.is_dir():
         return []
     out = []
     now = time.time()
     for path in sorted(folder.iterdir()):
-        if ".claim.taken-" in path.name:
+        if ".claim.taken-" in path.name or (TEMP_MARK in path.name and is_orphaned_temp(path, ttl=ttl)):
             out.append(path)
             continue
         if path.suffix != ".claim":
@@ -418,7 +477,7 @@ class Claims:
 
     def __init__(self, results_dir: str | os.PathLike, ttl: float = DEFAULT_CLAIM_TTL):
         self.results_dir = Path(results_dir)
-        self.ttl = ttl
+        self.ttl = check_claim_ttl(ttl)
         self.host = socket.gethostname()
         self.held: dict[str, tuple[Path, str]] = {}  # run name -> (path, token)
         self._lock = threading.Lock()
@@ -430,24 +489,37 @@ class Claims:
                            "started": datetime.now(UTC).isoformat(timespec="seconds")})
 
     def _create(self, path: Path) -> str | None:
+        """Create the claim complete: fill a temp file, then link() it into place (atomic, fails if the claim
+        exists, like O_EXCL), so no reader ever sees an empty claim of a live holder."""
+        token = secrets.token_hex(8)
+        tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}@{_host_tag()}-{token}")
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with open(tmp, "x") as f:
+                f.write(self._content(token))
+            os.link(tmp, path)
         except FileExistsError:
             return None
-        token = secrets.token_hex(8)
-        with os.fdopen(fd, "w") as f:
-            f.write(self._content(token))
+        except FileNotFoundError:
+            raise  # the folder went away: acquire() makes it again
+        except OSError as e:
+            raise NLBenchError(f"cannot write claim {path}: {e.strerror or e}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         return token
 
     def acquire(self, run_name: str) -> bool:
         """Claim ``run_name``; takes over a stale claim. False if another live driver holds it."""
         path = claim_path(self.results_dir, run_name)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise NLBenchError(f"cannot write to {path.parent}: {e.strerror or e}") from None
         for _ in range(3):
-            token = self._create(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise NLBenchError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+            try:
+                token = self._create(path)
+            except FileNotFoundError:
+                continue  # the emptied claims folder was removed meanwhile (remove_claims_dir): make it again
             if token is not None:
                 with self._lock:
                     self.held[run_name] = (path, token)
@@ -457,7 +529,9 @@ class Claims:
                 mtime = path.stat().st_mtime
             except FileNotFoundError:
                 continue  # released meanwhile: try to create it again
-            if info is None or not claim_is_stale(info, mtime, now=time.time(), ttl=self.ttl, host=self.host):
+            if info is None:
+                continue
+            if not claim_is_stale(info, mtime, now=time.time(), ttl=self.ttl, host=self.host):
                 return False
             if not self._take_over(path, info):
                 return False
@@ -475,9 +549,11 @@ class Claims:
         if read_claim(aside) != seen:
             with contextlib.suppress(OSError):
                 os.link(aside, path)
-            aside.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                aside.unlink(missing_ok=True)
             return False
-        aside.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a directory in the way: renamed aside, out of the way
+            aside.unlink(missing_ok=True)
         return True
 
     def release(self, run_name: str) -> None:
@@ -516,6 +592,12 @@ class Claims:
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
+
+
+def remove_claims_dir(results_dir: str | os.PathLike) -> None:
+    """Remove the claims folder if it is empty (``nlbench run`` leaves none behind); never raises."""
+    with contextlib.suppress(OSError):
+        claims_dir(results_dir).rmdir()
 
 
 def remove_stale_claim(results_dir: str | os.PathLike, run_name: str, ttl: float = DEFAULT_CLAIM_TTL) -> bool:
@@ -577,12 +659,12 @@ def read_grid_logs(results_dir: str | os.PathLike) -> tuple[list[dict], list[tup
     if not folder.is_dir():
         return logs, bad
     for path in sorted(folder.glob("*.json")):
-        try:
-            log = json.loads(path.read_text())
+        try:  # never blocks (a FIFO) and never reads without bound
+            log = read_json_file(path, max_bytes=MAX_GRID_LOG_BYTES)
             if not isinstance(log, dict) or not isinstance(log.get("config_hashes"), list):
                 raise ValueError("not a grid log")
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            bad.append((path, f"unreadable grid log: {e}"))
+        except ValueError as e:
+            bad.append((path, f"unreadable grid log: {str(e).removeprefix('unreadable: ')}"))
             continue
         logs.append(log)
     return sorted(logs, key=lambda g: str(g.get("name"))), bad
@@ -594,8 +676,8 @@ def _update_grid_log(results_dir: Path, name: str, configs: list[RunConfig], sum
     # time from the cumulative total (never a record); the last completing invocation's time stays exact.
     path = grid_log_path(results_dir, name)
     old: dict = {}
-    with contextlib.suppress(OSError, ValueError):
-        old = json.loads(path.read_text())
+    with contextlib.suppress(ValueError):  # a FIFO or garbage in its place is replaced, never waited on
+        old = read_json_file(path, max_bytes=MAX_GRID_LOG_BYTES)
         old = old if isinstance(old, dict) else {}
     hashes = [c.hash() for c in configs]
     same_grid = old.get("config_hashes") == hashes
@@ -642,6 +724,7 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
     argument (the CLI exits 130). A ``kill -9`` leaves at most stale claims, which the next call takes over, and
     the temp file of a record being written, which the next call deletes.
     """
+    claim_ttl = check_claim_ttl(claim_ttl)
     results_dir = Path(results_dir)
     t0 = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")

@@ -257,14 +257,45 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     ``compile_model`` wraps the model's feature extractor in ``torch.compile`` (useful on a GPU).
     """
     cfg = canonical_config(cfg)
-    if results_dir is not None and resume:
-        done = find_record(results_dir, cfg.run_name())
-        if done is not None:
-            done["resumed"] = True
-            done["path"] = str(record_path(results_dir, cfg.run_name()))  # the stored copy has no path of its own
+    kw = dict(data_root=data_root, device=device, progress=progress, dataset=dataset, download=download,
+              compile_model=compile_model)
+    if results_dir is None:
+        return _train(cfg, results_dir=None, **kw)
+    if resume and (done := _finished(results_dir, cfg)) is not None:
+        return done
+    ensure_runs_dir(results_dir)
+    # The claim a grid driver takes (nlbench.benchmark.grid.Claims), so a run and a grid, or two runs, never
+    # train the same config into the same folder at once.
+    from nlbench.benchmark.grid import Claims, claim_path, remove_claims_dir
+
+    claims = Claims(results_dir)
+    if not claims.acquire(cfg.run_name()):
+        remove_claims_dir(results_dir)
+        raise NLBenchError(f"run {cfg.run_name()} is being trained by another live process (claim "
+                           f"{claim_path(results_dir, cfg.run_name())}); wait for it, or use another --results-dir")
+    claims.start_heartbeat()
+    try:
+        if resume and (done := _finished(results_dir, cfg)) is not None:  # finished while we were claiming
             return done
-    if results_dir is not None:
-        ensure_runs_dir(results_dir)
+        return _train(cfg, results_dir=results_dir, **kw)
+    finally:
+        claims.stop_heartbeat()
+        claims.release_all()
+        remove_claims_dir(results_dir)
+
+
+def _finished(results_dir: str | os.PathLike, cfg: RunConfig) -> dict | None:
+    done = find_record(results_dir, cfg.run_name())
+    if done is not None:
+        done["resumed"] = True
+        done["path"] = str(record_path(results_dir, cfg.run_name()))  # the stored copy has no path of its own
+    return done
+
+
+def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
+           results_dir: str | os.PathLike | None, progress: bool, dataset: Dataset | None, download: bool,
+           compile_model: bool) -> dict:
+    """:func:`train` once the claim (if any) is held: train ``cfg`` and write its record to ``results_dir``."""
     t_start = time.perf_counter()
     dev = select_device(device)
     if dataset is None:

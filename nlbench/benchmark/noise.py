@@ -74,11 +74,28 @@ def list_noises() -> list[str]:
 
 # The optional minus lets "sym-5" reach the range check ("outside [0, 100)") instead of failing as an
 # unknown kind "sym-".
-_SPEC = re.compile(r"^([a-z][a-z-]*?)(-?\d+(?:\.\d+)?)$")
+# re.ASCII: ``\d`` is 0-9 only (non-ASCII digits are refused before matching anyway).
+_SPEC = re.compile(r"^([a-z][a-z-]*?)(-?)(\d+)(?:\.(\d+))?$", re.ASCII)
+
+
+def _canonical_rate(whole: str, frac: str | None) -> str:
+    """The rate as written in a canonical name: no leading zeros, no trailing fractional zeros (``040`` and
+    ``40.0`` -> ``40``, ``12.50`` -> ``12.5``), so one experiment has one name and one config hash."""
+    frac = (frac or "").rstrip("0")
+    return (whole.lstrip("0") or "0") + (f".{frac}" if frac else "")
 
 
 def parse_noise(spec: str) -> NoiseSpec:
-    """``"pairflip40"`` -> ``NoiseSpec("pairflip40", "pairflip", 0.4)``; raises with a close match if unknown."""
+    """``"pairflip40"`` -> ``NoiseSpec("pairflip40", "pairflip", 0.4)``; raises with a close match if unknown.
+
+    The name is canonical: the kind lower-cased and resolved from aliases, the rate without leading zeros or
+    trailing fractional zeros (``SYM040`` and ``sym40.0`` are ``sym40``). Only ASCII is accepted, so a rate in
+    other digits (``sym٤٠``) is refused rather than given a second name.
+    """
+    if not isinstance(spec, str):
+        raise NLBenchError(f"a noise spec must be a string such as sym40, got {spec!r}")
+    if not spec.isascii():
+        raise NLBenchError(f"noise spec {spec!r} must be ASCII letters, digits and '-' (e.g. sym40)")
     spec = spec.strip().lower()
     if spec in NOISES and spec in _RATELESS:
         return NoiseSpec(spec, spec, 0.0)
@@ -89,13 +106,16 @@ def parse_noise(spec: str) -> NoiseSpec:
         kind = spec.rstrip("-.0123456789")
         NOISES.canonical(kind)  # raises UnknownNameError with the valid list and a close match
         raise NLBenchError(f"noise rate in {spec!r} must be a number in percent, e.g. {kind}40")
-    kind, pct = m.group(1), float(m.group(2))
+    kind, sign, whole, frac = m.groups()
+    rate = _canonical_rate(whole, frac)
+    rate = f"-{rate}" if sign and rate != "0" else rate  # a negative rate only reaches the range check below
+    pct = float(rate)
     kind = NOISES.canonical(kind)
     if kind in _RATELESS:
         raise NLBenchError(f"noise {kind!r} takes no rate")
     if not 0 <= pct < 100:
         raise NLBenchError(f"noise rate {pct:g}% in {spec!r} is outside [0, 100)")
-    return NoiseSpec(spec, kind, pct / 100.0)
+    return NoiseSpec(f"{kind}{rate}", kind, pct / 100.0)
 
 
 def noise_rng(noise_seed: int, stream: int = 0) -> np.random.Generator:

@@ -259,11 +259,19 @@ def scan_records(results_dir: str | os.PathLike) -> tuple[list[dict], list[Recor
 
 
 def find_record(results_dir: str | os.PathLike, run_name: str) -> dict | None:
-    """The finished record of ``run_name`` if a valid one exists (resume: skip runs already done)."""
+    """The finished record of ``run_name`` if a valid one exists (resume: skip runs already done). It counts
+    only if its ``config_hash`` is the hash in the file name and its ``config`` re-hashes to it: a record of
+    another config copied or renamed onto the name does not mark the run done."""
+    from nlbench.benchmark.config import config_hash
+
     path = record_path(results_dir, run_name)
     if not path.exists():
         return None
     try:
-        return load_record(path)
+        rec = load_record(path)
     except ValueError:
         return None
+    name_hash = run_name.rsplit("__", 1)[-1]
+    if rec.get("config_hash") != name_hash or config_hash(rec.get("config")) != name_hash:
+        return None
+    return rec

@@ -98,10 +98,11 @@ def grid(
     progress: Annotated[bool, typer.Option(help="Progress bar on a terminal.")] = True,
 ) -> None:
     """Run a grid of settings, skipping those with a finished record; safe to run twice at once."""
-    from nlbench.benchmark.grid import GridSpec, expand, load_grid, run_grid
+    from nlbench.benchmark.grid import GridSpec, check_claim_ttl, expand, load_grid, run_grid
     from nlbench.benchmark.records import find_record
 
     with user_errors():
+        check_claim_ttl(claim_ttl)
         overrides = {"methods": split_list(methods, "methods"), "noises": split_list(noises, "noises"),
                      "seeds": split_ints(seeds, "seeds"), "dataset": dataset, "epochs": epochs, "model": model,
                      "meta_size": meta_size, "batch_size": batch_size, "lr": lr}
@@ -310,10 +311,11 @@ def results_check(
 ) -> None:
     """List unreadable or schema-breaking records, orphaned temp files, stale claims and duplicate config
     hashes; exit 1 if there are any, 0 if the folder is clean."""
-    from nlbench.benchmark.grid import read_grid_logs, stale_claims
+    from nlbench.benchmark.grid import check_claim_ttl, read_grid_logs, stale_claims
     from nlbench.benchmark.records import orphaned_temps, scan_records
 
     with user_errors():
+        check_claim_ttl(claim_ttl)
         if not results_dir.is_dir():
             raise NLBenchError(f"results folder {results_dir} does not exist")
         records, problems = scan_records(results_dir)

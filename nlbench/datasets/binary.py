@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from nlbench.datasets import register_dataset
 from nlbench.datasets.base import Dataset
 from nlbench.datasets.fashion_mnist import CLASSES, fashion_mnist
 from nlbench.errors import NLBenchError
+from nlbench.options import Range
 
 #: Default pair: T-shirt/top (label 0) vs Pullover (label 1). Measured with a ridge classifier on 2000 standardised
 #: training images: 95.7 % test accuracy, against 83-85 % for Pullover/Coat or T-shirt/Shirt (too entangled to
@@ -32,7 +34,8 @@ def _pair(classes: str | list | tuple) -> tuple[int, int]:
 
 @register_dataset("fashion-mnist-binary")
 def fashion_mnist_binary(root: Path | None, download: bool = False, *, classes: str | list | tuple = DEFAULT_PAIR,
-                         n_train: int | None = 2000, seed: int = 0) -> Dataset:
+                         n_train: Annotated[int, Range(2, 60000)] | None = 2000,
+                         seed: Annotated[int, Range(0, 2**63 - 1)] = 0) -> Dataset:
     """Two Fashion-MNIST classes as flattened, standardised float32 vectors ``(N, 784)``; labels 0 and 1.
 
     ``classes`` picks the pair (``"0,2"`` or ``(0, 2)``: T-shirt/top vs Pullover by default, see

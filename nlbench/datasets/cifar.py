@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ import torch
 from nlbench.datasets import register_dataset
 from nlbench.datasets.base import Dataset
 from nlbench.errors import DataError
+from nlbench.options import Range
 
 try:  # numpy >= 2 (numpy 1.26 also ships the _core alias)
     from numpy._core import multiarray as _multiarray
@@ -842,8 +844,9 @@ def _decode_split(split: ImageListSplit, size: int) -> np.ndarray:
 
 
 @register_dataset("clothing1m")
-def clothing1m(root: Path | None, download: bool = False, image_size: int = 224, max_per_split: int | None = None,
-               max_bytes: int = 16 * 2**30) -> Dataset:
+def clothing1m(root: Path | None, download: bool = False, image_size: Annotated[int, Range(1, 4096)] = 224,
+               max_per_split: Annotated[int, Range(1, 10**7)] | None = None,
+               max_bytes: Annotated[int, Range(1, 2**50)] = 16 * 2**30) -> Dataset:
     """Clothing1M (Xiao et al. 2015): 1M web images of 14 clothing classes with real noisy labels.
 
     Reads the official list files in ``<root>/clothing1m/`` (no download: the set is available from its

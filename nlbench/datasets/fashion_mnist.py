@@ -13,6 +13,7 @@ import gzip
 import math
 import struct
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch
 from nlbench.datasets import register_dataset
 from nlbench.datasets.base import DEBIAN_DATASETS, Dataset, balanced_subsample
 from nlbench.errors import DataError, NLBenchError
+from nlbench.options import Range
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -99,7 +101,8 @@ def _find_folder(root: Path | None, download: bool) -> Path:
 
 
 @register_dataset("fashion-mnist")
-def fashion_mnist(root: Path | None, download: bool = False, train_size: int | None = None) -> Dataset:
+def fashion_mnist(root: Path | None, download: bool = False,
+                  train_size: Annotated[int, Range(10, 60000)] | None = None) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28x28 images of 10 clothing classes.
 
     ``train_size`` keeps a class-balanced subsample of the training split (the test split stays whole). It is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -10,6 +11,10 @@ import torch
 from nlbench.datasets import register_dataset
 from nlbench.datasets.base import Dataset
 from nlbench.errors import NLBenchError
+from nlbench.options import Range
+
+#: Largest ``(n_train + n_test) * dim`` the synthetic loader builds.
+MAX_VALUES = 2 * 10**8
 
 
 def gaussian_mixture(n: int, d: int, num_classes: int, rng: np.random.Generator, *, separation: float = 3.0,
@@ -29,8 +34,11 @@ def gaussian_mixture(n: int, d: int, num_classes: int, rng: np.random.Generator,
 
 
 @register_dataset("synthetic")
-def synthetic(root: Path | None = None, download: bool = False, *, n_train: int = 2000, n_test: int = 500,
-              dim: int = 16, num_classes: int = 4, separation: float = 3.0, seed: int = 0) -> Dataset:
+def synthetic(root: Path | None = None, download: bool = False, *,
+              n_train: Annotated[int, Range(1, 10**6)] = 2000, n_test: Annotated[int, Range(1, 10**6)] = 500,
+              dim: Annotated[int, Range(1, 10**5)] = 16, num_classes: Annotated[int, Range(2, 1000)] = 4,
+              separation: Annotated[float, Range(0, 10**6)] = 3.0,
+              seed: Annotated[int, Range(0, 2**63 - 1)] = 0) -> Dataset:
     """Gaussian mixture: ``num_classes`` classes in ``dim`` dims; the data seed is ``seed`` (fixed by default so
     that runs with different training seeds see the same data)."""
     for key, value in (("n_train", n_train), ("n_test", n_test), ("dim", dim), ("num_classes", num_classes),
@@ -41,6 +49,9 @@ def synthetic(root: Path | None = None, download: bool = False, *, n_train: int 
                                f", got {value!r}")
     if min(n_train, n_test, dim, num_classes - 1) < 1:
         raise NLBenchError("synthetic needs n_train, n_test, dim >= 1 and num_classes >= 2")
+    if (n_train + n_test) * dim > MAX_VALUES:  # each option in range, together too big to hold
+        raise NLBenchError(f"synthetic: (n_train + n_test) x dim = {(n_train + n_test) * dim:,} values, over the "
+                           f"limit of {MAX_VALUES:,} ({MAX_VALUES * 4 / 2**30:.1f} GiB of float32)")
     rng = np.random.default_rng([seed, 0x5E7])
     x, y, centers = gaussian_mixture(n_train, dim, num_classes, rng, separation=separation)
     xt, yt, _ = gaussian_mixture(n_test, dim, num_classes, rng, centers=centers)
