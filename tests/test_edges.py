@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -106,6 +107,13 @@ def test_console_entry_point_huge_int_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
+    (["--workers", "100000"], "--workers must be at most 512 (one training process each), got 100000"),
+    (["--workers", "0"], "--workers must be at least 1, got 0"),
+    (["--cpus-per-run", "nan"], "--cpus-per-run must be positive and finite, at most 1024, got nan"),
+    (["--cpus-per-run", "inf", "--executor", "ray"], "--cpus-per-run must be positive and finite"),
+    (["--cpus-per-run", "0"], "--cpus-per-run must be positive"),
+    (["--gpus-per-run", "inf"], "--gpus-per-run must be non-negative and finite, at most 64, got inf"),
+    (["--gpus-per-run", "-1"], "--gpus-per-run must be non-negative"),
     (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--epochs", "20000"], "--epochs must be in [1, 10000], got 20000"),
     (["--lr", "inf"], "--lr must be finite"),
@@ -144,6 +152,24 @@ def test_python_api_gets_the_same_checks(kw, fragment):
     with pytest.raises(NLBenchError) as e:
         RunConfig(**kw)
     assert fragment in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("opt,fragment", [
+    ("hidden=100000000000", "method 'mwnet': option hidden must be in [1, 10000], got 100000000000"),
+    ("meta_lr=inf", "method 'mwnet': option meta_lr must be finite, got 'inf'"),
+    ("meta_lr=1e999", "method 'mwnet': option meta_lr must be finite, got inf"),
+    ("hidden=1e3", "method 'mwnet': option hidden must be an integer, got 1000.0"),
+])
+def test_method_options_are_refused_before_any_work(opt, fragment, tmp_path):
+    user_error(["run", *SYN, "--method", "mwnet", "--opt", opt, "--results-dir", tmp_path], fragment)
+    assert not tmp_path.joinpath("runs").exists()  # refused before the claim, the folder, the data
+
+
+def test_grids_refuse_bad_method_options_when_expanded():
+    spec = G.GridSpec(name="t", dataset="synthetic", methods=("gce",), noises=("sym40",), seeds=(0,),
+                      overrides={"method_options": {"q": float("inf")}})
+    with pytest.raises(NLBenchError, match="method 'gce': option q must be finite"):
+        G.expand(spec)
 
 
 def test_grids_get_the_same_checks():
@@ -245,6 +271,51 @@ def test_one_experiment_one_config_hash():
     spec = G.GridSpec(name="t", dataset="synthetic", methods=("erm",), noises=("sym40", "SYM040", "sym40.0"),
                       seeds=(0,))
     assert [c.noise for c in G.expand(spec)] == ["sym40"]
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("sym12.251", "has more than 2 decimals"),
+    ("sym40." + "0" * 30 + "1", "has more than 2 decimals"),  # would be a second name (and file) for sym40
+    ("sym" + "0" * 40 + "40", "is too long (at most 40 characters)"),
+    ("x" * 5000, "is too long"),
+])
+def test_noise_specs_with_too_many_digits_are_refused_in_one_short_line(spec, fragment):
+    with pytest.raises(NLBenchError, match=re.escape(fragment)) as e:
+        parse_noise(spec)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 200
+
+
+def test_two_decimal_rates_keep_their_name():
+    assert parse_noise("sym12.25").name == "sym12.25" and parse_noise("sym12.250").name == "sym12.25"
+
+
+@pytest.mark.parametrize("method,spellings", [
+    ("gce", [{"q": 0.7}, {"q": "0.7"}, {"q": "7e-1"}, {"q": 0.70}]),
+    ("gce", [{"q": 1}, {"q": 1.0}, {"q": "1"}]),  # an int for a float option is the same run
+    ("erm", [{}, {}]),
+])
+def test_method_option_spellings_have_one_hash(method, spellings):
+    hashes = {canonical_config(RunConfig(method=method, dataset="synthetic", method_options=dict(o))).hash()
+              for o in spellings}
+    assert len(hashes) == 1
+
+
+def test_dataset_option_spellings_have_one_hash():
+    a, b = (canonical_config(RunConfig(dataset="synthetic", dataset_options={"n_train": v})) for v in (300, "300"))
+    assert a.hash() == b.hash() and a.dataset_options == {"n_train": 300}
+
+
+def test_committed_records_keep_their_hashes():
+    """Canonicalisation must not move a committed record: every stored config re-hashes to its config_hash."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    files = sorted(root.glob("**/runs/*.json"))[:400]
+    if not files:
+        pytest.skip("no committed records")
+    for f in files:
+        rec = json.loads(f.read_text())
+        assert canonical_config(RunConfig.from_dict(rec["config"])).hash() == rec["config_hash"], f
 
 
 def test_cli_refuses_non_ascii_digits(tmp_path):

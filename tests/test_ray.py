@@ -277,15 +277,25 @@ def test_worker_killed_without_retries_is_reported(ray_head, local_records, tmp_
 
 
 def test_user_error_in_a_task_comes_back_as_its_message(ray_head, tmp_path):
-    # The data are loaded on the worker, so a bad dataset option fails there; the driver gets the message,
-    # not Ray's remote traceback, and writes no record.
+    # The data are loaded on the worker, so a dataset that is too large for the loader's budget fails there (its
+    # options pass the type and range checks the driver makes); the driver gets the message, not Ray's remote
+    # traceback, and writes no record.
     bad = GridSpec(name="bad", dataset="synthetic", methods=("erm",), noises=("sym40",), seeds=(0,), epochs=1,
-                   meta_size=40, overrides={"dataset_options": {"n_train": 0}})
+                   meta_size=40, overrides={"dataset_options": {"n_train": 1_000_000, "dim": 100_000}})
     summary = run_grid(expand(bad), tmp_path, RayExecutor(address=ray_head), progress=False, name="bad")
-    assert summary.errors == [(expand(bad)[0].run_name(),
-                               "dataset 'synthetic': option n_train must be in [1, 1e+06], got 0")]
+    assert len(summary.errors) == 1
+    name, message = summary.errors[0]
+    assert name == expand(bad)[0].run_name()
+    assert message.startswith("synthetic: (n_train + n_test) x dim = 100,050,000,000 values, over the ")
     assert summary.done == 0
     assert scan_records(tmp_path) == ([], [])
+
+
+def test_out_of_range_dataset_option_is_refused_before_any_task():
+    bad = GridSpec(name="bad", dataset="synthetic", methods=("erm",), noises=("sym40",), seeds=(0,), epochs=1,
+                   meta_size=40, overrides={"dataset_options": {"n_train": 0}})
+    with pytest.raises(NLBenchError, match=r"dataset 'synthetic': option n_train must be in \[1, 1e\+06\], got 0"):
+        expand(bad)
 
 
 def test_cli_grid_on_ray_then_skips(ray_head, local_records, tmp_path):

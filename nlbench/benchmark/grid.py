@@ -82,6 +82,32 @@ def check_claim_ttl(ttl: float) -> float:
     return float(ttl)
 
 
+#: most local worker processes (each a training run) one grid may start
+MAX_WORKERS = 512
+#: most CPUs / GPUs one run may reserve on a Ray cluster
+MAX_CPUS_PER_RUN, MAX_GPUS_PER_RUN = 1024.0, 64.0
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def check_executor_options(workers: int = 1, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0) -> None:
+    """One-line NLBenchError unless ``--workers`` is an integer in [1, :data:`MAX_WORKERS`] and the per-run
+    resources are finite, CPUs in (0, :data:`MAX_CPUS_PER_RUN`], GPUs in [0, :data:`MAX_GPUS_PER_RUN`]; checked
+    for every executor before a grid starts, whichever executor uses them."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise NLBenchError(f"--workers must be at least 1, got {workers!r}")
+    if workers > MAX_WORKERS:
+        raise NLBenchError(f"--workers must be at most {MAX_WORKERS} (one training process each), got {workers}")
+    if not _real(cpus_per_run) or not math.isfinite(cpus_per_run) or not 0 < cpus_per_run <= MAX_CPUS_PER_RUN:
+        raise NLBenchError(f"--cpus-per-run must be positive and finite, at most {MAX_CPUS_PER_RUN:g}, "
+                           f"got {cpus_per_run!r}")
+    if not _real(gpus_per_run) or not math.isfinite(gpus_per_run) or not 0 <= gpus_per_run <= MAX_GPUS_PER_RUN:
+        raise NLBenchError(f"--gpus-per-run must be non-negative and finite, at most {MAX_GPUS_PER_RUN:g}, "
+                           f"got {gpus_per_run!r}")
+
+
 # ----------------------------------------------------------------------------------------------- specs
 
 
@@ -356,8 +382,7 @@ class LocalExecutor:
     with ``max(1, cpu_count // workers)`` torch threads so workers do not oversubscribe the cores."""
 
     def __init__(self, workers: int = 1):
-        if workers < 1:
-            raise NLBenchError(f"--workers must be at least 1, got {workers}")
+        check_executor_options(workers)
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 

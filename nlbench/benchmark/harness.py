@@ -39,10 +39,11 @@ from nlbench.benchmark.progress import ProgressBar
 from nlbench.benchmark.records import SCHEMA_VERSION, ensure_runs_dir, find_record, record_path, write_record
 from nlbench.benchmark.splits import Splits, make_splits
 from nlbench.benchmark.telemetry import weight_telemetry
-from nlbench.datasets import Dataset, load_dataset
+from nlbench.datasets import DATASETS, Dataset, load_dataset
 from nlbench.errors import DivergenceError, NLBenchError
 from nlbench.methods import Batch, MethodContext, TrainData, TrainSet, create_method, get_method, plugin_versions
 from nlbench.models import MODELS, create_model
+from nlbench.options import bind_options
 
 EVAL_BATCH = 1000
 
@@ -240,10 +241,18 @@ def environment(device: torch.device) -> dict:
 
 
 def canonical_config(cfg: RunConfig) -> RunConfig:
-    """Resolve aliases (``fbr`` -> ``surrogate``) and check every name, so equal runs hash equally."""
-    cfg.method = get_method(cfg.method).name
+    """Resolve aliases (``fbr`` -> ``surrogate``) and check every name, so equal runs hash equally: the noise
+    spec's canonical name (``SYM040`` -> ``sym40``), and method and dataset options checked and converted to
+    their annotated types (``q="0.7"`` and ``q=0.7`` are one run; ``q=inf`` is refused before any work). A
+    dataset that is not registered (a :class:`Dataset` passed to :func:`train`) keeps its options as given."""
+    method = get_method(cfg.method)
+    cfg.method = method.name
     cfg.noise = parse_noise(cfg.noise).name
     MODELS.canonical(cfg.model)
+    cfg.method_options = bind_options(method.__init__, cfg.method_options, f"method {method.name!r}")
+    if cfg.dataset in DATASETS:
+        cfg.dataset_options = bind_options(DATASETS.get(cfg.dataset), cfg.dataset_options,
+                                           f"dataset {cfg.dataset!r}", skip=("root", "download"))
     return cfg
 
 

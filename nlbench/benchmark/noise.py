@@ -78,6 +78,18 @@ def list_noises() -> list[str]:
 _SPEC = re.compile(r"^([a-z][a-z-]*?)(-?)(\d+)(?:\.(\d+))?$", re.ASCII)
 
 
+#: longest noise spec accepted (the longest built-in is 14 characters)
+MAX_SPEC_CHARS = 40
+#: most decimals of a rate in percent (0.01% steps): a finer rate would flip the same labels under another name
+MAX_RATE_DECIMALS = 2
+
+
+def _show(spec: str) -> str:
+    """``repr(spec)`` for an error line, cut at 40 characters."""
+    text = repr(spec)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _canonical_rate(whole: str, frac: str | None) -> str:
     """The rate as written in a canonical name: no leading zeros, no trailing fractional zeros (``040`` and
     ``40.0`` -> ``40``, ``12.50`` -> ``12.5``), so one experiment has one name and one config hash."""
@@ -95,7 +107,9 @@ def parse_noise(spec: str) -> NoiseSpec:
     if not isinstance(spec, str):
         raise NLBenchError(f"a noise spec must be a string such as sym40, got {spec!r}")
     if not spec.isascii():
-        raise NLBenchError(f"noise spec {spec!r} must be ASCII letters, digits and '-' (e.g. sym40)")
+        raise NLBenchError(f"noise spec {_show(spec)} must be ASCII letters, digits and '-' (e.g. sym40)")
+    if len(spec.strip()) > MAX_SPEC_CHARS:  # a run name (and file name) holds the spec
+        raise NLBenchError(f"noise spec {_show(spec)} is too long (at most {MAX_SPEC_CHARS} characters)")
     spec = spec.strip().lower()
     if spec in NOISES and spec in _RATELESS:
         return NoiseSpec(spec, spec, 0.0)
@@ -107,6 +121,9 @@ def parse_noise(spec: str) -> NoiseSpec:
         NOISES.canonical(kind)  # raises UnknownNameError with the valid list and a close match
         raise NLBenchError(f"noise rate in {spec!r} must be a number in percent, e.g. {kind}40")
     kind, sign, whole, frac = m.groups()
+    if len((frac or "").rstrip("0")) > MAX_RATE_DECIMALS:  # sym12.345 and sym12.3451 would flip the same labels
+        raise NLBenchError(f"noise rate in {spec!r} has more than {MAX_RATE_DECIMALS} decimals; rates are in "
+                           f"percent with at most {MAX_RATE_DECIMALS} (e.g. sym12.5)")
     rate = _canonical_rate(whole, frac)
     rate = f"-{rate}" if sign and rate != "0" else rate  # a negative rate only reaches the range check below
     pct = float(rate)

@@ -124,10 +124,9 @@ class RayExecutor:
     def __init__(self, address: str | None = "auto", cpus_per_run: float = 1, gpus_per_run: float = 0,
                  max_retries: int = 3, connect_timeout_s: float = 30, *,
                  task: Callable[[dict], dict] | None = None):
-        if not cpus_per_run > 0:
-            raise NLBenchError(f"--cpus-per-run must be positive, got {cpus_per_run}")
-        if gpus_per_run < 0:
-            raise NLBenchError(f"--gpus-per-run must be non-negative, got {gpus_per_run}")
+        from nlbench.benchmark.grid import check_executor_options
+
+        check_executor_options(1, cpus_per_run, gpus_per_run)  # finite, in range: one line, as for the CLI
         if max_retries < 0:
             raise NLBenchError(f"max_retries must be non-negative, got {max_retries}")
         if not connect_timeout_s > 0:

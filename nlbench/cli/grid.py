@@ -98,11 +98,12 @@ def grid(
     progress: Annotated[bool, typer.Option(help="Progress bar on a terminal.")] = True,
 ) -> None:
     """Run a grid of settings, skipping those with a finished record; safe to run twice at once."""
-    from nlbench.benchmark.grid import GridSpec, check_claim_ttl, expand, load_grid, run_grid
+    from nlbench.benchmark.grid import GridSpec, check_claim_ttl, check_executor_options, expand, load_grid, run_grid
     from nlbench.benchmark.records import find_record
 
     with user_errors():
         check_claim_ttl(claim_ttl)
+        check_executor_options(workers, cpus_per_run, gpus_per_run)
         overrides = {"methods": split_list(methods, "methods"), "noises": split_list(noises, "noises"),
                      "seeds": split_ints(seeds, "seeds"), "dataset": dataset, "epochs": epochs, "model": model,
                      "meta_size": meta_size, "batch_size": batch_size, "lr": lr}
