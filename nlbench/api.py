@@ -43,14 +43,14 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 def record_row(rec: dict) -> dict[str, Any]:
     """One record as a flat row (see :func:`load_records` for the columns)."""
+    from nlbench.benchmark.noise import nominal_rate
+
     final = rec.get("final") or {}
     report = rec.get("noise_report") or {}
     history = rec.get("history") or []
     last = history[-1] if history else {}
-    T = report.get("nominal_transition_matrix") or report.get("transition_matrix")
-    nominal = math.nan
-    if T:
-        nominal = 100 * (1 - sum(T[i][i] for i in range(len(T))) / len(T))
+    has_matrix = report.get("nominal_transition_matrix") or report.get("transition_matrix")
+    nominal = 100 * nominal_rate(report) if has_matrix else math.nan
     done = final.get("epochs_done", len(history))
     times = [_num(h.get("epoch_time_s")) for h in history]
     sizes = rec.get("sizes") or {}

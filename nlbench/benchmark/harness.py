@@ -32,6 +32,7 @@ from nlbench.benchmark.noise import (
     apply_noise,
     noise_report,
     noise_rng,
+    nominal_rate,
     parse_noise,
     standardise_features,
 )
@@ -142,13 +143,6 @@ def noisy_pool(cfg: RunConfig, dataset: Dataset) -> NoisyPool:
         val_noisy, _ = noisy_labels(splits.val, 3)
         val_report = {"realised_rate": float(np.mean(val_noisy != y[splits.val]))}
     return NoisyPool(splits, pool_noisy, val_noisy, report, val_report)
-
-
-def nominal_rate(report: dict) -> float:
-    """The nominal share of wrong labels, ``1 - mean diag(T)`` of the nominal matrix (the realised one for
-    human noise), assuming balanced classes: 0.5 for ``sym50``, 0.28 for Fashion-MNIST ``asym40``."""
-    T = np.asarray(report.get("nominal_transition_matrix") or report["transition_matrix"], dtype=float)
-    return float(1 - np.mean(np.diag(T)))
 
 
 def to_device(noisy: NoisyPool, dataset: Dataset, device: torch.device) -> TrainData:

@@ -349,6 +349,13 @@ def realised_matrix(true: np.ndarray, noisy: np.ndarray, num_classes: int) -> np
     return np.where(n > 0, counts / np.maximum(n, 1), np.eye(num_classes))
 
 
+def nominal_rate(report: dict) -> float:
+    """The nominal share of wrong labels, ``1 - mean diag(T)`` of the nominal matrix (the realised one for
+    human noise), assuming balanced classes: 0.5 for ``sym50``, 0.28 for Fashion-MNIST ``asym40``."""
+    T = np.asarray(report.get("nominal_transition_matrix") or report["transition_matrix"], dtype=float)
+    return float(1 - np.mean(np.diag(T)))
+
+
 def noise_report(true: np.ndarray, noisy: np.ndarray, num_classes: int,
                  nominal: np.ndarray | None = None) -> dict:
     """What the benchmark records about realised noise: ``transition_matrix`` (realised, T[true, noisy]),

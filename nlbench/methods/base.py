@@ -132,18 +132,37 @@ class MethodContext:
             raise RuntimeError("this context has no model factory")
         return self.model_factory(k)
 
-    @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (float32) of ``model`` in eval mode for raw inputs ``x`` (default: the whole training set),
         in batches, without gradients; the model's train/eval mode is restored."""
-        x = self.train_x if x is None else x
+        return self._logits(model, self.train_x if x is None else x, self.prep)
+
+    def predict_meta(self, model: nn.Module) -> torch.Tensor:
+        """Logits (float32) of ``model`` on the meta set, as :meth:`predict` (``meta_x`` is already model-ready)."""
+        return self._logits(model, self.meta_x, None)
+
+    def sample_meta(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A meta batch ``(x, y)`` of ``size`` distinct samples drawn with ``generator``; the whole meta set when
+        ``size`` is at least its size."""
+        m = len(self.meta_y)
+        if size >= m:
+            return self.meta_x, self.meta_y
+        idx = torch.randperm(m, generator=self.generator, device=self.meta_y.device)[:size]
+        return self.meta_x[idx], self.meta_y[idx]
+
+    @torch.no_grad()
+    def _logits(self, model: nn.Module, x: torch.Tensor,
+                prep: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         was_training = model.training
         model.eval()
-        out = []
-        for i in range(0, len(x), self.eval_batch):
-            with self.autocast():
-                out.append(model(self.prep(x[i:i + self.eval_batch])).float())
-        model.train(was_training)
+        try:
+            out = []
+            for i in range(0, len(x), self.eval_batch):
+                chunk = x[i:i + self.eval_batch]
+                with self.autocast():
+                    out.append(model(chunk if prep is None else prep(chunk)).float())
+        finally:
+            model.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, self.num_classes, device=self.device)
 
 

@@ -177,20 +177,9 @@ class CoTeachingMeta(CoTeaching):
             raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
         return None  # r(0) = 0 in the first epoch anyway; estimated at its end
 
-    @torch.no_grad()
     def meta_probs(self, model: nn.Module) -> torch.Tensor:
         """Softmax predictions of ``model`` on the (normalised) meta set, eval mode, batched."""
-        ctx = self.ctx
-        was_training = model.training
-        model.eval()
-        try:
-            out = []
-            for i in range(0, len(ctx.meta_y), ctx.eval_batch):
-                with ctx.autocast():
-                    out.append(model(ctx.meta_x[i:i + ctx.eval_batch]).float().softmax(dim=1))
-        finally:
-            model.train(was_training)
-        return torch.cat(out)
+        return self.ctx.predict_meta(model).softmax(dim=1)
 
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
         if epoch == 1:

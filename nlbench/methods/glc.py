@@ -77,28 +77,12 @@ class GLC(TransitionCorrected):
         n, m = ctx.num_train, len(ctx.meta_y)
         self.pool_share, self.trusted_share = n / (n + m), m / (n + m)
 
-    @torch.no_grad()
     def estimate(self, model: nn.Module) -> torch.Tensor:
         ctx = self.ctx
-        was_training = model.training
-        model.eval()
-        try:
-            logits = []
-            for i in range(0, len(ctx.meta_y), ctx.eval_batch):
-                with ctx.autocast():
-                    logits.append(model(ctx.meta_x[i:i + ctx.eval_batch]).float())
-        finally:
-            model.train(was_training)
-        return class_mean_transition(torch.cat(logits).softmax(dim=1), ctx.meta_y, ctx.num_classes)
+        return class_mean_transition(ctx.predict_meta(model).softmax(dim=1), ctx.meta_y, ctx.num_classes)
 
     def corrected_step(self, batch: Batch, model: nn.Module) -> StepOutput:
-        ctx = self.ctx
-        m = len(ctx.meta_y)
-        if m <= ctx.batch_size:
-            tx, ty = ctx.meta_x, ctx.meta_y
-        else:
-            j = torch.randperm(m, device=ctx.meta_y.device, generator=ctx.generator)[:ctx.batch_size]
-            tx, ty = ctx.meta_x[j], ctx.meta_y[j]
+        tx, ty = self.ctx.sample_meta(self.ctx.batch_size)
         b = len(batch.y)
         logits = model(torch.cat([batch.x, tx]))
         pool_loss = forward_corrected_loss(logits[:b], batch.y, self.T)

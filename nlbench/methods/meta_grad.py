@@ -632,12 +632,7 @@ class MetaBatchMethod(Method):
 
     def next_meta_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh meta batch ``(x, y)``, model-ready, drawn without replacement with ``ctx.generator``."""
-        ctx = self.ctx
-        m = len(ctx.meta_y)
-        if self.meta_batch >= m:
-            return ctx.meta_x, ctx.meta_y
-        idx = torch.randperm(m, generator=ctx.generator, device=ctx.meta_y.device)[:self.meta_batch]
-        return ctx.meta_x[idx], ctx.meta_y[idx]
+        return self.ctx.sample_meta(self.meta_batch)
 
     def options(self) -> dict[str, Any]:
         return {"meta_batch": self.meta_batch}
