@@ -221,3 +221,22 @@ def test_console_entry_point_usage_errors(args, fragment, tmp_path):
 def test_console_entry_point_version():
     proc = entry_point("--version")
     assert proc.returncode == 0 and proc.stdout == f"nlbench {nlbench.__version__}\n" and proc.stderr == ""
+
+
+def test_run_preset_keeps_its_dataset_options(monkeypatch):
+    """`run --preset fmnist-memorize` trains on the preset's 5,100-image split; a --data-opt adds to the preset's
+    dataset options key by key instead of replacing them (a regression: the empty --data-opt list wiped train_size)."""
+    from nlbench.errors import NLBenchError
+
+    seen = []
+
+    def fake_train(cfg, **_):
+        seen.append(cfg)
+        raise NLBenchError("stop")
+
+    monkeypatch.setattr(harness, "train", fake_train)
+    invoke("run", "--preset", "fmnist-memorize", "--method", "erm", "--noise", "sym50")
+    invoke("run", "--preset", "fmnist-memorize", "--method", "erm", "--noise", "sym50", "--data-opt", "train_size=2000")
+    assert seen[0].dataset_options == {"train_size": 5100}
+    assert seen[0].hash() == RunConfig.from_preset("fmnist-memorize", method="erm", noise="sym50").hash()
+    assert seen[1].dataset_options == {"train_size": 2000}

@@ -54,6 +54,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
        for ds in ("cifar10", "cifar10-jpeg")},
 }
 PRESETS: Registry = Registry("preset")
+_OPTION_DICTS = ("method_options", "dataset_options", "record_options")
 for _name, _values in _PRESETS.items():
     PRESETS.add(_name, _values)
 
@@ -174,7 +175,12 @@ class RunConfig:
     def from_preset(cls, preset: str | None, **overrides: Any) -> RunConfig:
         """Build a config from a named preset (or the built-in defaults) with ``overrides`` on top."""
         base: dict[str, Any] = dict(PRESETS.get(preset)) if preset is not None else {}
-        base.update(overrides)
+        for key, value in overrides.items():
+            # option dicts merge key by key: `--data-opt x=1` (or no --data-opt at all) keeps the preset's
+            # train_size instead of silently training on the full pool
+            if key in _OPTION_DICTS and isinstance(value, dict) and isinstance(base.get(key), dict):
+                value = {**base[key], **value}
+            base[key] = value
         return cls(**base)
 
     @classmethod
