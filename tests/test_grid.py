@@ -411,10 +411,35 @@ def test_memorize_grid_expands_from_its_preset():
     by = {}
     for c in cfgs:
         by.setdefault((c.method, json.dumps(c.method_options, sort_keys=True)), []).append(c)
+    # the preset's tuned defaults (alpha = 3) apply to the surrogate and, so that the study ablates one
+    # component only, to its three ablations, under the row's w0 = 0.5
     for ablation in ("surrogate-no-center", "surrogate-no-shift", "surrogate-no-sign"):
-        assert (ablation, "{}") not in by and len(by[(ablation, '{"w0": 0.5}')]) == 21
-    assert len(by[("surrogate", '{"w0": 0.5}')]) == 21 and len(by[("surrogate", "{}")]) == 21
+        assert len(by[(ablation, '{"alpha": 3.0, "w0": 0.5}')]) == 21
+    assert len(by[("surrogate", '{"alpha": 3.0, "w0": 0.5}')]) == 21
+    assert len(by[("surrogate", '{"alpha": 3.0}')]) == 21
+    assert len(by[("meta-reweight", '{"alpha": 1.0, "w0": 1.0}')]) == 21
     assert len(by[("mwnet", '{"normalize": true}')]) == 21
-    assert len(by[("erm", "{}")]) == 24  # 7 noises x 3 seeds + clean x 3
-    plain = set(list_methods()) - {"surrogate-no-center", "surrogate-no-shift", "surrogate-no-sign"}
+    assert len(by[("erm", "{}")]) == 24 and len(by) == 24  # erm: 7 noises x 3 seeds + clean x 3
+    plain = set(list_methods()) - {"surrogate-no-center", "surrogate-no-shift", "surrogate-no-sign",
+                                   "surrogate", "meta-reweight"}
     assert {m for m, o in by if o == "{}"} == plain
+
+
+def test_preset_method_defaults_apply_per_method_and_yield_to_explicit_options():
+    """A preset's method_defaults reach only their method (aliases resolved), explicit options win, and the
+    options land in the config (so the hash says what ran)."""
+    sur = RunConfig.from_preset("fmnist-memorize", method="fbr", noise="sym50")
+    assert sur.method_options == {"alpha": 3.0}
+    assert RunConfig.from_preset("fmnist-memorize", method="erm", noise="sym50").method_options == {}
+    own = RunConfig.from_preset("fmnist-memorize", method="surrogate", noise="sym50", method_options={"alpha": 1.0,
+                                                                                                     "w0": 0.5})
+    assert own.method_options == {"alpha": 1.0, "w0": 0.5}
+    assert RunConfig.from_preset("fmnist", method="surrogate", noise="sym50").method_options == {}
+    spec = G.parse_grid("g", {"dataset": "fashion-mnist", "methods": ["surrogate", "erm"], "noises": ["sym50"],
+                              "seeds": [0], "preset": "fmnist-memorize",
+                              "method_defaults": {"erm": {}, "gce": {"q": 0.5}}})
+    by = {c.method: c.method_options for c in G.expand(spec)}
+    assert by == {"surrogate": {"alpha": 3.0}, "erm": {}}
+    with pytest.raises(NLBenchError, match="method_defaults"):
+        G.parse_grid("g", {"dataset": "fashion-mnist", "methods": ["erm"], "noises": ["sym50"], "seeds": [0],
+                           "method_defaults": {"erm": 1}})

@@ -46,7 +46,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from nlbench.benchmark.config import RunConfig
+from nlbench.benchmark.config import METHOD_DEFAULTS, PRESETS, RunConfig
 from nlbench.benchmark.progress import ProgressBar
 from nlbench.benchmark.records import (
     TEMP_MARK,
@@ -146,6 +146,8 @@ class GridSpec:
     extra: tuple[GridRow, ...] = ()
     #: methods left out of ``"all"`` in the main block (e.g. because an extra row runs them with options)
     exclude: tuple[str, ...] = ()
+    #: per-method options of the protocol (a preset's ``method_defaults``), under each row's ``method_options``
+    method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def base(self) -> dict[str, Any]:
         """RunConfig keyword arguments shared by every run of the grid."""
@@ -182,7 +184,9 @@ def canonical_methods(methods: Iterable[str], exclude: Iterable[str] = ()) -> li
     return out
 
 
-def _configs(base: dict[str, Any], methods, noises, seeds) -> Iterator[RunConfig]:
+def _configs(base: dict[str, Any], methods, noises, seeds,
+             method_defaults: dict[str, dict[str, Any]]) -> Iterator[RunConfig]:
+    from nlbench.benchmark.config import preset_method_options
     from nlbench.benchmark.harness import canonical_config
 
     # Seed-major order: an interrupted grid leaves complete seeds behind, so a leaderboard built from a
@@ -190,7 +194,9 @@ def _configs(base: dict[str, Any], methods, noises, seeds) -> Iterator[RunConfig
     for seed in seeds:
         for noise in noises:
             for method in methods:
-                yield canonical_config(RunConfig(**{**base, "method": method, "noise": noise, "seed": int(seed)}))
+                options = {**preset_method_options(method_defaults, method), **base.get("method_options", {})}
+                yield canonical_config(RunConfig(**{**base, "method": method, "noise": noise, "seed": int(seed),
+                                                    "method_options": options}))
 
 
 def expand(spec: GridSpec) -> list[RunConfig]:
@@ -208,7 +214,7 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     out: list[RunConfig] = []
     seen: set[str] = set()
     for base, methods, noises, seeds in blocks:
-        for cfg in _configs(base, methods, noises, seeds):
+        for cfg in _configs(base, methods, noises, seeds, spec.method_defaults):
             if cfg.hash() not in seen:
                 seen.add(cfg.hash())
                 out.append(cfg)
@@ -249,10 +255,12 @@ def parse_grid(name: str, table: dict[str, Any]) -> GridSpec:
     exclude = _tuple(table.pop("exclude", []), "exclude", where, str)
     table.pop("description", None)
     preset = table.pop("preset", None)
+    method_defaults = table.pop(METHOD_DEFAULTS, {})
+    if not isinstance(method_defaults, dict) or not all(isinstance(v, dict) for v in method_defaults.values()):
+        raise NLBenchError(f"{where}: {METHOD_DEFAULTS} must map method names to option tables")
     if preset is not None:  # a named protocol: its values under the grid's own keys
-        from nlbench.benchmark.config import PRESETS
-
         values = dict(PRESETS.get(str(preset)))
+        method_defaults = {**values.pop(METHOD_DEFAULTS, {}), **method_defaults}
         if values.pop("dataset", dataset) != dataset:
             raise NLBenchError(f"{where}: preset {preset!r} is for another dataset")
         for key in ("epochs", "model", "meta_size", "batch_size", "lr"):
@@ -260,7 +268,7 @@ def parse_grid(name: str, table: dict[str, Any]) -> GridSpec:
                 protocol.setdefault(key, values.pop(key))
         table = {**values, **table}
     return GridSpec(name=name, dataset=dataset, methods=methods, noises=noises, seeds=seeds, overrides=table,
-                    extra=tuple(extra), exclude=exclude, **protocol)
+                    extra=tuple(extra), exclude=exclude, method_defaults=method_defaults, **protocol)
 
 
 def named_grids(path: str | os.PathLike | None = None) -> dict[str, GridSpec]:
