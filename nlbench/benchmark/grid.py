@@ -46,6 +46,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
+from nlbench.benchmark.checkpoint import checkpoint_path, checkpoints_dir
+from nlbench.benchmark.checkpoint import remove as remove_checkpoint
 from nlbench.benchmark.config import METHOD_DEFAULTS, PRESETS, RunConfig
 from nlbench.benchmark.progress import ProgressBar
 from nlbench.benchmark.records import (
@@ -310,9 +312,10 @@ def _cached_dataset(cfg: RunConfig, data_root: str | None):
 def run_one(payload: dict) -> dict:
     """Execute one run described by ``payload`` and return its record; never writes a file.
 
-    ``payload = {"config": RunConfig.to_dict(), "data_root": str | None, "device": str, "threads": int | None}``.
-    ``threads`` sets torch's intra-op threads for this process (workers sharing a machine). The record has
-    ``status`` ``"ok"`` or ``"failed"`` (divergence); a user error (unknown name, missing data) raises
+    ``payload = {"config": RunConfig.to_dict(), "data_root": str | None, "device": str, "threads": int | None,
+    "checkpoint_dir": str | None}``. ``threads`` sets torch's intra-op threads for this process (workers sharing
+    a machine); the run checkpoints into (and resumes from) ``checkpoint_dir``, which the driver cleans up.
+    The record has ``status`` ``"ok"`` or ``"failed"`` (divergence); a user error (unknown name, missing data) raises
     :class:`NLBenchError` carrying only the message, so it pickles across process and Ray boundaries.
     """
     import torch
@@ -325,7 +328,7 @@ def run_one(payload: dict) -> dict:
         cfg = RunConfig.from_dict(payload["config"])
         dataset = _cached_dataset(cfg, payload.get("data_root"))
         return train(cfg, data_root=payload.get("data_root"), device=payload.get("device", "auto"),
-                     results_dir=None, progress=False, dataset=dataset)
+                     results_dir=None, progress=False, dataset=dataset, checkpoint_dir=payload.get("checkpoint_dir"))
     except NLBenchError as e:
         # subclasses may take extra constructor arguments that pickling cannot restore
         raise NLBenchError(str(e)) from None
@@ -734,10 +737,11 @@ def _update_grid_log(results_dir: Path, name: str, configs: list[RunConfig], sum
 
 
 def payload_for(cfg: RunConfig, data_root: str | os.PathLike | None = None, device: str = "auto",
-                threads: int | None = None) -> dict:
+                threads: int | None = None, checkpoint_dir: str | os.PathLike | None = None) -> dict:
     """The :func:`run_one` payload of ``cfg``."""
     return {"config": cfg.to_dict(), "data_root": None if data_root is None else str(data_root),
-            "device": device, "threads": threads}
+            "device": device, "threads": threads,
+            "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir)}
 
 
 def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor: Executor, *,
@@ -765,7 +769,8 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
     say = log or (lambda _msg: None)
     claims = Claims(results_dir, ttl=claim_ttl)
     bar = ProgressBar(False, 0, "")
-    for folder in (runs_dir(results_dir), results_dir / GRIDS_DIR):  # what killed writers left behind
+    ckpt_dir = checkpoints_dir(results_dir)
+    for folder in (runs_dir(results_dir), results_dir / GRIDS_DIR, ckpt_dir):  # what killed writers left behind
         for tmp in orphaned_temps(folder):
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -786,7 +791,8 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
         claims.start_heartbeat()
         bar = ProgressBar(progress, len(todo), f"grid {name}")
         expected = {cfg.run_name() for cfg in todo}
-        for payload, result in executor.run([payload_for(c, data_root, device) for c in todo]):
+        for payload, result in executor.run([payload_for(c, data_root, device, checkpoint_dir=ckpt_dir)
+                                             for c in todo]):
             cfg = RunConfig.from_dict(payload["config"])
             run_name = cfg.run_name()
             bad_before = summary.failed + len(summary.errors)
@@ -801,6 +807,7 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
                 say(f"error: {run_name}: executor returned a record of another config")
             else:
                 write_record(results_dir, result)
+                remove_checkpoint(checkpoint_path(ckpt_dir, run_name))
                 if result["status"] == "ok":
                     summary.done += 1
                 else:

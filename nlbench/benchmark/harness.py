@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 import nlbench
+from nlbench.benchmark import checkpoint as ckpt
 from nlbench.benchmark.augment import random_crop_flip
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.features import FeatureView
@@ -252,16 +254,27 @@ def canonical_config(cfg: RunConfig) -> RunConfig:
 
 def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device: str = "auto",
           results_dir: str | os.PathLike | None = None, progress: bool = False, resume: bool = True,
-          dataset: Dataset | None = None, download: bool = False, compile_model: bool = False) -> dict:
+          dataset: Dataset | None = None, download: bool = False, compile_model: bool = False,
+          checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: float | None = 60.0) -> dict:
     """Run one setting and return its record; with ``results_dir`` the record is also written atomically.
 
     With ``resume`` and a finished record of the same config already in ``results_dir``, that record is returned
     without training. A non-finite loss ends the run with ``status = "failed"`` and the epoch.
     ``compile_model`` wraps the model's feature extractor in ``torch.compile`` (useful on a GPU).
+
+    Checkpoints (:mod:`nlbench.benchmark.checkpoint`) go to ``checkpoint_dir`` (default with ``results_dir``:
+    ``results_dir/checkpoints``) at the end of an epoch once ``checkpoint_every`` seconds have passed since the
+    last one (0: every epoch; ``None``: never). A run finding its own checkpoint there continues from it
+    (unless ``resume`` is false; a checkpoint is only ever read with ``weights_only=True``) with the history an
+    uninterrupted run would have; the checkpoint is removed when the record is written (by the caller if
+    ``results_dir`` is None).
     """
     cfg = canonical_config(cfg)
+    if checkpoint_dir is None and results_dir is not None:
+        checkpoint_dir = ckpt.checkpoints_dir(results_dir)
     kw = dict(data_root=data_root, device=device, progress=progress, dataset=dataset, download=download,
-              compile_model=compile_model)
+              compile_model=compile_model, checkpoint_every=checkpoint_every, resume=resume,
+              checkpoint_dir=checkpoint_dir)
     if results_dir is None:
         return _train(cfg, results_dir=None, **kw)
     if resume and (done := _finished(results_dir, cfg)) is not None:
@@ -297,7 +310,8 @@ def _finished(results_dir: str | os.PathLike, cfg: RunConfig) -> dict | None:
 
 def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
            results_dir: str | os.PathLike | None, progress: bool, dataset: Dataset | None, download: bool,
-           compile_model: bool) -> dict:
+           compile_model: bool, checkpoint_dir: str | os.PathLike | None, checkpoint_every: float | None,
+           resume: bool) -> dict:
     """:func:`train` once the claim (if any) is held: train ``cfg`` and write its record to ``results_dir``."""
     t_start = time.perf_counter()
     dev = select_device(device)
@@ -335,9 +349,10 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     if compile_model:  # compile the feature extractor: forward (head(features)) and the surrogate both use it
         model.features = torch.compile(model.features)
     steps_per_epoch = n // cfg.batch_size + (n % cfg.batch_size >= 2)  # a last batch of 1 breaks BatchNorm
+    method_g = make_generator(dev, cfg.seed, 3)
     method.setup(MethodContext(model=model, meta_x=prep(seen.meta_x), meta_y=seen.meta_y, num_train=n,
                                num_classes=dataset.num_classes, batch_size=cfg.batch_size, device=dev,
-                               generator=make_generator(dev, cfg.seed, 3), prep=prep, autocast=autocast,
+                               generator=method_g, prep=prep, autocast=autocast,
                                train_x=train_set.x, train_y=train_set.y, epochs=cfg.epochs,
                                steps_per_epoch=steps_per_epoch,
                                noise_rate=nominal_rate(noisy.noise_report) if method.uses_noise_rate else None,
@@ -351,15 +366,39 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     status, error = "ok", None
     bar = ProgressBar(progress, cfg.epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}",
                       epochs=cfg.epochs)
-    step = 0
+    step, first_epoch, wall_before = 0, 1, 0.0
+    generators = {"shuffle": shuffle_g, "augment": aug_g, "method": method_g}
+    ckpt_file = None if checkpoint_dir is None else ckpt.checkpoint_path(checkpoint_dir, cfg.run_name())
+    resumed_from = None
+    if ckpt_file is not None and resume and (state := ckpt.load(ckpt_file, cfg.hash(), dev)) is not None:
+        try:
+            ckpt.restore_run(state, model=model, networks=networks, optimizer=opt, method=method,
+                             generators=generators, view=view, device=dev)
+        except Exception as e:  # a damaged or foreign checkpoint: drop it and start over with fresh state
+            print(f"warning: checkpoint {ckpt_file} does not fit this run ({type(e).__name__}: {e}); "
+                  "starting from epoch 1", file=sys.stderr)
+            ckpt.remove(ckpt_file)
+            return _train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
+                          dataset=dataset, download=download, compile_model=compile_model,
+                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
+        history, step, wall_before = list(state["history"]), int(state["step"]), float(state["wall_s"])
+        first_epoch = resumed_from = len(history) + 1
+    last_save = time.perf_counter()
+
+    def save_checkpoint() -> None:
+        ckpt.save(ckpt_file, ckpt.run_state(cfg.hash(), model=model, networks=networks, optimizer=opt,
+                                            method=method, generators=generators, view=view, device=dev,
+                                            history=history, step=step,
+                                            wall_s=wall_before + time.perf_counter() - t_start))
 
     def snapshot(epoch: int) -> None:  # the feature view: eval mode, no grad, no RNG; training is unchanged
         if view is not None:
             view.snapshot(epoch, model, data.pool.x, data.meta_x, prep, autocast)
 
     try:
-        snapshot(0)
-        for epoch in range(1, cfg.epochs + 1):
+        if first_epoch == 1:
+            snapshot(0)
+        for epoch in range(first_epoch, cfg.epochs + 1):
             for net in (model, *networks):
                 net.train()
             t0 = time.perf_counter()
@@ -403,6 +442,14 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
             history.append(entry)
             bar.epoch_done(epoch, train_loss, entry["test_acc"])
             snapshot(epoch)
+            if (ckpt_file is not None and checkpoint_every is not None and epoch < cfg.epochs
+                    and time.perf_counter() - last_save >= checkpoint_every):
+                try:
+                    save_checkpoint()
+                except (NLBenchError, ckpt.UnsupportedState) as e:  # a checkpoint is insurance, never a failure
+                    print(f"warning: no more checkpoints for this run: {e}", file=sys.stderr)
+                    checkpoint_every = None
+                last_save = time.perf_counter()
     except DivergenceError as e:
         status, error = "failed", {"reason": str(e), "epoch": e.epoch}
     finally:
@@ -425,13 +472,16 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
         "sizes": {"pool": len(noisy.splits.pool), "meta": len(noisy.splits.meta), "val": len(noisy.splits.val),
                   "test": len(dataset.y_test), "train": n},
         "history": history, "final": final,
-        "wall_time_s": time.perf_counter() - t_start,
+        "wall_time_s": wall_before + time.perf_counter() - t_start,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if error:
         record["error"] = error
+    if resumed_from is not None:
+        record["resumed_from_epoch"] = resumed_from
     if view is not None:
         record["features"] = view.block()
     if results_dir is not None:
         record["path"] = str(write_record(results_dir, record))
+        ckpt.remove(ckpt_file)
     return record

@@ -22,9 +22,10 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from nlbench.benchmark.schema import SCHEMA_VERSION, STATUSES, record_problems  # noqa: F401 (re-exported)
 from nlbench.errors import NLBenchError
@@ -59,6 +60,12 @@ def _clean_floats(obj: Any) -> Any:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` so that the file is either absent/old or complete: temp file, fsync, rename."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write`` on a binary temp file beside ``path``, fsync it and rename it onto ``path``, so the file
+    is either absent/old or complete."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,8 +74,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise NLBenchError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would make records in a shared results folder unreadable to others
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -73,6 +74,10 @@ def run(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
     force: Annotated[bool, typer.Option(help="Rerun even if a finished record exists.")] = False,
+    checkpoint_every: Annotated[float, typer.Option(min=0, help="Seconds between end-of-epoch checkpoints in "
+                                                        "DIR/checkpoints (0: every epoch); a killed run resumes "
+                                                        "from its last one.")] = 60.0,
+    no_checkpoint: Annotated[bool, typer.Option("--no-checkpoint", help="Write no checkpoints.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on a terminal; off a terminal, one line per "
                                                 "epoch.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole record as JSON.")] = False,
@@ -90,14 +95,19 @@ def run(
         if feature_epochs is not None:  # sorted and unique, so 3,0,1 and 0,1,3 are the same config
             given["record_options"] = {"feature_epochs": sorted(set(parse_ints(feature_epochs, "--feature-epochs")))}
         cfg = RunConfig.from_preset(preset, **{k: v for k, v in given.items() if v is not None})
+        if not math.isfinite(checkpoint_every):
+            raise NLBenchError(f"--checkpoint-every must be a finite number of seconds, got {checkpoint_every} "
+                               "(--no-checkpoint writes none)")
         if download and data_root is None:
             raise NLBenchError("--download needs --data-root (the folder to download into)")
         try:  # with --json, stdout is the record alone: per-epoch progress lines go to stderr
             with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
                 rec = train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
-                            resume=not force, download=download, compile_model=compile_model)
+                            resume=not force, download=download, compile_model=compile_model,
+                            checkpoint_every=None if no_checkpoint else checkpoint_every)
         except KeyboardInterrupt:  # records are written whole or not at all: say so, and how to go on
-            print("interrupted: no record written; rerun the same command to run it again", file=sys.stderr)
+            print("interrupted: no record written; rerun the same command to go on from its last checkpoint",
+                  file=sys.stderr)
             raise typer.Exit(130) from None
     if as_json:
         print(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}, indent=1, sort_keys=True))

@@ -310,8 +310,9 @@ def results_check(
     results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
     claim_ttl: Annotated[float, typer.Option(help="Claim staleness TTL in seconds (as for grid).")] = 3600.0,
 ) -> None:
-    """List unreadable or schema-breaking records, orphaned temp files, stale claims and duplicate config
-    hashes; exit 1 if there are any, 0 if the folder is clean."""
+    """List unreadable or schema-breaking records, orphaned temp files and checkpoints, stale claims and
+    duplicate config hashes; exit 1 if there are any, 0 if the folder is clean."""
+    from nlbench.benchmark.checkpoint import scan_checkpoints
     from nlbench.benchmark.grid import check_claim_ttl, read_grid_logs, stale_claims
     from nlbench.benchmark.records import orphaned_temps, scan_records
 
@@ -326,8 +327,54 @@ def results_check(
         grids = results_dir / "grids"
         if grids.is_dir():
             lines += [f"{p}: orphaned temp file" for p in orphaned_temps(grids)]
+        resumable, ckpt_problems = scan_checkpoints(results_dir, {r["run_name"] for r in records})
+        lines += [f"{p}: {why}" for p, why in ckpt_problems]
     for line in lines:
         print(line)
-    print(f"{len(records)} valid records, {len(lines)} problem(s) in {results_dir}")
+    more = f", {len(resumable)} resumable checkpoint(s)" if resumable else ""
+    print(f"{len(records)} valid records{more}, {len(lines)} problem(s) in {results_dir}")
     if lines:
+        raise typer.Exit(1)
+
+
+@results_app.command("verify")
+def results_verify(
+    sample: Annotated[int, typer.Option(min=1, max=100_000, help="How many records to rerun.")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the draw of records.")] = 0,
+    method: Annotated[str | None, typer.Option(help="Only records of this method.")] = None,
+    results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
+    data_root: DataRoot = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+) -> None:
+    """Rerun a random sample of records (each with the thread count its record states) and report, per record:
+    bit-identical, different but within the seed spread of its cell, or outside it; exit 1 if any is outside.
+    Nothing is written."""
+    import torch
+
+    from nlbench.benchmark import verify as V
+    from nlbench.benchmark.config import RunConfig
+    from nlbench.benchmark.harness import train
+    from nlbench.benchmark.records import scan_records
+
+    with user_errors():
+        if not results_dir.is_dir():
+            raise NLBenchError(f"results folder {results_dir} does not exist")
+        records, _ = scan_records(results_dir)
+        pool = [r for r in records if method is None or r["method"] == method]
+        if not pool:
+            raise NLBenchError(f"no valid records{'' if method is None else f' of method {method!r}'} "
+                               f"in {results_dir}")
+        verdicts, threads_before = [], torch.get_num_threads()
+        try:
+            for rec in V.sample(pool, sample, seed):
+                threads = rec["env"].get("threads")
+                torch.set_num_threads(threads if isinstance(threads, int) and threads >= 1 else threads_before)
+                rerun = train(RunConfig.from_dict(rec["config"]), data_root=data_root, device=device,
+                              results_dir=None, checkpoint_every=None)
+                verdicts.append(V.classify(rec, rerun, V.seed_spread(rec, records)))
+                print(verdicts[-1].line(), flush=True)
+        finally:
+            torch.set_num_threads(threads_before)
+    print(V.summary_line(verdicts))
+    if any(v.verdict == "outside" for v in verdicts):
         raise typer.Exit(1)

@@ -218,6 +218,20 @@ class Method:
         """The resolved options, recorded with the run."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state for a mid-run checkpoint: by default every attribute but ``ctx`` (tensors,
+        modules, optimisers, generators and plain values; see :mod:`nlbench.benchmark.checkpoint`). Override
+        both this and :meth:`load_state_dict` if the method holds anything else."""
+        from nlbench.benchmark.checkpoint import capture
+
+        return capture(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` into a method that has been :meth:`setup` for the same run."""
+        from nlbench.benchmark.checkpoint import restore
+
+        restore(self, state)
+
 
 METHODS: Registry = Registry("method")
 
