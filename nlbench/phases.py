@@ -52,7 +52,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ from nlbench.benchmark.splits import class_balanced_quota
 from nlbench.benchmark.stats import auroc
 from nlbench.errors import NLBenchError
 from nlbench.methods.surrogate import surrogate_scores
+from nlbench.options import Range, check_value
 
 __all__ = ["PHASE_DATASETS", "PHASE_METHODS", "PhaseConfig", "PhaseTask", "detect_phases", "init_mlp",
            "make_task", "meta_scores_squared", "mlp_features", "mlp_forward", "phases_experiment", "plot_phases",
@@ -129,7 +130,26 @@ class PhaseConfig:
                                f"alpha={self.alpha}, w0={self.w0}")
         if self.dim < 1 or self.seed < 0:
             raise NLBenchError(f"phases: need dim >= 1 and seed >= 0, got dim={self.dim}, seed={self.seed}")
+        for name, hint in PHASE_BOUNDS.items():  # finiteness and the resource ceilings
+            check_value(f"phases: {name}", getattr(self, name), hint)
+        if self.n_train * max(self.width, self.dim) > MAX_PHASE_ELEMENTS:
+            raise NLBenchError(f"phases: n_train x max(width, dim) = {self.n_train * max(self.width, self.dim):,} "
+                               f"exceeds {MAX_PHASE_ELEMENTS:,} elements (about 0.8 GB per matrix)")
         return self
+
+
+#: The bounds of every numeric PhaseConfig field, checked after the messages above: sizes stay within what a
+#: full-batch run on one machine can hold and finish (a 1e9-wide net or 1e12 iterations are refused, not tried).
+PHASE_BOUNDS: dict[str, Any] = {
+    "n_train": Annotated[int, Range(4, 200_000)], "meta_size": Annotated[int, Range(2, 200_000)],
+    "iterations": Annotated[int, Range(2, 1_000_000)], "width": Annotated[int, Range(2, 65_536)],
+    "lr": Annotated[float, Range(0, 100, low_open=True)], "alpha": Annotated[float, Range(0, 1e3, low_open=True)],
+    "w0": Annotated[float, Range(0, 1)], "dim": Annotated[int, Range(1, 100_000)],
+    "separation": Annotated[float, Range(0, 1e3, low_open=True)], "seed": Annotated[int, Range(0, 2**32 - 1)],
+    "noise_rate": Annotated[float, Range(0, 0.5, high_open=True)],
+}
+#: Largest ``n_train x max(width, dim)`` (one float32 activation or input matrix of about 0.8 GB).
+MAX_PHASE_ELEMENTS = 2 * 10**8
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -148,6 +149,18 @@ def test_plot_writes_a_png(tmp_path, small_run):
                                  dict(width=63), dict(meta_size=1), dict(w0=1.5)])
 def test_config_rejects_bad_settings(bad):
     with pytest.raises(NLBenchError):
+        PhaseConfig(**bad).validate()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(width=10**9), "width must be in"), (dict(iterations=10**12), "iterations must be in"),
+    (dict(lr=math.inf), "lr must be finite"), (dict(alpha=math.inf), "alpha must be finite"),
+    (dict(separation=math.inf), "separation must be finite"), (dict(dim=10**9), "dim must be in"),
+    (dict(n_train=200_000, width=65_536), "exceeds 200,000,000 elements"),
+    (dict(meta_size=10**8), "meta_size must be in")])
+def test_config_refuses_unbounded_settings_before_any_work(bad, message):
+    """Resource bombs and non-finite values get one line, before any allocation (hardening issue, item 1)."""
+    with pytest.raises(NLBenchError, match=message):
         PhaseConfig(**bad).validate()
 
 
