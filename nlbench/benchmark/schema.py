@@ -67,6 +67,7 @@ OPTIONAL: dict[str, tuple[str, Range | None, bool]] = {
     "method_options": ("dict", None, False), "dataset_info": ("dict", None, False),
     "val_noise_report": ("dict", None, True), "sizes": ("dict", None, False), "created": ("str", None, False),
     "error": ("dict", None, False), "features": ("dict", None, False), "path": ("str", None, False),
+    "resumed_from_epoch": ("int", Range(2, 10**6), False),
 }
 #: The config keys readers use (others may exist); equal to the record's own where both have them.
 CONFIG: dict[str, tuple[str, Range | None, bool]] = {
