@@ -18,10 +18,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import stats as _st
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _st():
+    """scipy.stats, imported on first use: `nlbench noise show` and a run's telemetry (auroc) need neither it nor
+    pandas, and importing both costs about a second of start-up."""
+    from scipy import stats
+
+    return stats
+
+
+def _pd():
+    import pandas
+
+    return pandas
 
 __all__ = [
     "auroc",
@@ -80,12 +96,12 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float, int, flo
     if n == 1:
         return mean, math.nan, 1, math.nan, math.nan
     std = float(np.std(x, ddof=1))
-    half = float(_st.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
+    half = float(_st().t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
     return mean, std, n, mean - half, mean + half
 
 
 def _paired_arrays(a, b) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(a, pd.Series) and isinstance(b, pd.Series):
+    if isinstance(a, _pd().Series) and isinstance(b, _pd().Series):
         a, b = a.align(b, join="inner")
     x, y = _as_1d(a, "a"), _as_1d(b, "b")
     if x.shape != y.shape:
@@ -126,7 +142,7 @@ def paired_test(a, b) -> tuple[float, float, int]:
         return 0.0, 1.0, n
     if float(np.ptp(d)) <= tol:
         return math.nan, math.nan, n
-    res = _st.ttest_rel(x, y)
+    res = _st().ttest_rel(x, y)
     return float(res.statistic), float(res.pvalue), n
 
 
@@ -160,7 +176,7 @@ def holm(p_values) -> np.ndarray:
 
 
 def _complete_rows(scores: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(scores, pd.DataFrame):
+    if not isinstance(scores, _pd().DataFrame):
         raise TypeError("scores must be a pandas.DataFrame (rows = settings, columns = methods)")
     return scores.astype(float).dropna(axis=0, how="any")
 
@@ -182,8 +198,8 @@ def average_ranks(scores: pd.DataFrame) -> pd.Series:
     if len(full) == 0:
         mean = np.full(scores.shape[1], np.nan)
     else:
-        mean = _st.rankdata(-full.to_numpy(), method="average", axis=1).mean(axis=0)
-    return pd.Series(mean, index=scores.columns, name="average_rank")
+        mean = _st().rankdata(-full.to_numpy(), method="average", axis=1).mean(axis=0)
+    return _pd().Series(mean, index=scores.columns, name="average_rank")
 
 
 def friedman(scores: pd.DataFrame) -> tuple[float, float, int, int]:
@@ -208,7 +224,7 @@ def friedman(scores: pd.DataFrame) -> tuple[float, float, int, int]:
     arr = full.to_numpy()
     if np.all(arr == arr[:, :1]):
         return 0.0, 1.0, n, k
-    res = _st.friedmanchisquare(*arr.T)
+    res = _st().friedmanchisquare(*arr.T)
     return float(res.statistic), float(res.pvalue), n, k
 
 
@@ -222,11 +238,11 @@ def nemenyi_q_alpha(k: int, alpha: float = 0.05) -> float:
         raise ValueError(f"k must be an integer >= 2, got {k!r}")
     _check_prob(alpha, "alpha")
     try:
-        q = float(_st.studentized_range.ppf(1.0 - alpha, int(k), np.inf))
+        q = float(_st().studentized_range.ppf(1.0 - alpha, int(k), np.inf))
     except (ValueError, OverflowError):
         q = math.nan
     if not math.isfinite(q):  # older scipy versions do not accept df=inf
-        q = float(_st.studentized_range.ppf(1.0 - alpha, int(k), 1e6))
+        q = float(_st().studentized_range.ppf(1.0 - alpha, int(k), 1e6))
     return q / math.sqrt(2.0)
 
 
@@ -274,7 +290,7 @@ def auroc(scores, positives) -> float:
     n_neg = int(pos.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    ranks = _st.rankdata(s, method="average")
+    ranks = _st().rankdata(s, method="average")
     u = float(ranks[pos].sum()) - n_pos * (n_pos + 1) / 2.0
     return u / (n_pos * n_neg)
 
@@ -312,7 +328,7 @@ def tied_with_best(
         Set of method names including the best one; empty if there is no method with data.
     """
     _check_prob(alpha, "alpha")
-    all_series = all(isinstance(v, pd.Series) for v in scores_by_method.values())
+    all_series = all(isinstance(v, _pd().Series) for v in scores_by_method.values())
     data = {name: (v if all_series else _as_1d(v, str(name))) for name, v in scores_by_method.items()}
     if not all_series:
         lengths = {arr.size for arr in data.values()}
