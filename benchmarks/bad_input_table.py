@@ -98,6 +98,10 @@ CASES: tuple[Case, ...] = (
     Case("phases-mem", "phases: pool x width beyond memory", ("phases", "--out", "ph", "--n-train", "200000",
                                                                "--width", "65536"),
          "exceeds 200,000,000 elements"),
+    Case("config-key", "unknown key in a --config file", ("run", "--config", "typo.toml"),
+         "--config typo.toml: unknown key 'epoch'. Did you mean 'epochs'?"),
+    Case("config-toml", "--config file that is not TOML", ("run", "--config", "broken.toml"),
+         "--config broken.toml is not valid TOML"),
     Case("epochs-huge", "10^20 epochs", ("run", *SYN, "--epochs", "99999999999999999999"),
          "--epochs must be in [1, 10000], got 99999999999999999999"),
     Case("batch-huge", "batch size above 65536", ("run", *SYN, "--batch-size", "100000"),
@@ -259,6 +263,8 @@ def make_template(root: Path) -> Path:
                    root / "data" / name / "cifar-n" / "CIFAR-10_human.pt")
     _write_cifar10(root / "data" / "cifar-batch-shape", first_labels=_huge_array())
     (root / "not-a-dir").write_text("a plain file where a folder is expected\n")
+    (root / "typo.toml").write_text("epoch = 3\n")
+    (root / "broken.toml").write_text("epochs = [\n")
     return root
 
 

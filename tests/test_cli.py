@@ -240,3 +240,42 @@ def test_run_preset_keeps_its_dataset_options(monkeypatch):
     assert seen[0].dataset_options == {"train_size": 5100}
     assert seen[0].hash() == RunConfig.from_preset("fmnist-memorize", method="erm", noise="sym50").hash()
     assert seen[1].dataset_options == {"train_size": 2000}
+
+
+def test_run_config_file_sits_between_preset_and_explicit_options(tmp_path, monkeypatch):
+    """--config run.toml: its keys override the preset (which it may name), explicit options override it, and
+    option dicts merge key by key; unknown keys and bad TOML get one line."""
+    from nlbench.errors import NLBenchError
+
+    seen = []
+
+    def fake_train(cfg, **_):
+        seen.append(cfg)
+        raise NLBenchError("stop")
+
+    monkeypatch.setattr(harness, "train", fake_train)
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "fmnist-memorize"\nepochs = 12\nmethod = "surrogate"\nmilestones = [10]\n'
+                    'method_options = { w0 = 0.5 }\n')
+    invoke("run", "--config", path, "--noise", "sym50", "--opt", "alpha=1.0")
+    invoke("run", "--config", path, "--noise", "sym50", "--epochs", "20", "--method", "erm", "--milestones", "15")
+    a, b = seen
+    assert (a.epochs, a.milestones, a.method, a.dataset_options) == (12, (10,), "surrogate", {"train_size": 5100})
+    assert a.method_options == {"alpha": 1.0, "w0": 0.5}  # preset's alpha 3 < file's w0 < the explicit alpha
+    assert (b.epochs, b.milestones, b.method, b.method_options) == (20, (15,), "erm", {"w0": 0.5})
+    path.write_text("epoch = 3\n")
+    assert_user_error(invoke("run", "--config", path), "unknown key 'epoch'. Did you mean 'epochs'?")
+    path.write_text("epochs = [\n")
+    assert_user_error(invoke("run", "--config", path), "is not valid TOML")
+    assert_user_error(invoke("run", "--config", tmp_path / "absent.toml"), "cannot read --config")
+
+
+def test_run_help_defaults_come_from_runconfig():
+    """The defaults shown by `run --help` are RunConfig's own, not a copy."""
+    from dataclasses import fields
+
+    text = " ".join(invoke("run", "--help").output.split())
+    for f in fields(RunConfig):
+        if f.name in ("epochs", "batch_size", "meta_size", "momentum"):
+            assert f"[default: {f.default:g}]" in text.replace("│", "").replace("  ", " ") or \
+                f"[default: {f.default}]" in text, f.name

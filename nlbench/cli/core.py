@@ -6,6 +6,8 @@ import contextlib
 import json
 import math
 import sys
+import tomllib
+from dataclasses import MISSING, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from nlbench.benchmark.config import RunConfig
 from nlbench.cli import app, console, user_errors
 from nlbench.errors import NLBenchError
 
@@ -37,31 +40,43 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-Seed = Annotated[int, typer.Option(min=0, help="Training seed (non-negative).")]
+def _default(name: str) -> str:
+    """``[default: X]`` for a run option, read from :class:`RunConfig` (the one source of the defaults)."""
+    return f"\\[default: {RUN_DEFAULTS[name]:g}]" if isinstance(RUN_DEFAULTS[name], float) else \
+        f"\\[default: {RUN_DEFAULTS[name]}]"
+
+
+RUN_KEYS = [f.name for f in fields(RunConfig)]
+RUN_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+
 DataRoot = Annotated[Path | None, typer.Option(help="Folder with the data files (else $NLBENCH_DATA_ROOT, "
                                                     "else system locations).", envvar="NLBENCH_DATA_ROOT")]
 
 
 @app.command()
 def run(
-    method: Annotated[str, typer.Option(help="Method name (see `nlbench list methods`).")] = "erm",
+    method: Annotated[str | None, typer.Option(help=f"Method name (see `nlbench list methods`) "
+                                                    f"{_default('method')}.")] = None,
     noise: Annotated[str | None, typer.Option(help="Noise spec, e.g. sym40, pairflip45, idn40, clean.")] = None,
     preset: Annotated[str | None, typer.Option(help="Named protocol (see `nlbench list presets`); explicit "
                                                     "options override it.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset name \\[default: fashion-mnist].")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file of run settings (RunConfig keys, "
+                                                "and `preset`); explicit options override it, it overrides "
+                                                "the preset.")] = None,
+    dataset: Annotated[str | None, typer.Option(help=f"Dataset name {_default('dataset')}.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name \\[default: the dataset's].")] = None,
-    seed: Seed = 0,
+    seed: Annotated[int | None, typer.Option(min=0, help=f"Training seed {_default('seed')}.")] = None,
     noise_seed: Annotated[int | None, typer.Option(min=0, help="Noise seed \\[default: the training seed].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs \\[default: 3].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size \\[default: 128].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate, SGD with momentum \\[default: 0.05].")] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum \\[default: 0.9].")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Weight decay \\[default: 5e-4].")] = None,
-    schedule: Annotated[str | None, typer.Option(help="cosine, step or constant \\[default: cosine].")] = None,
+    epochs: Annotated[int | None, typer.Option(help=f"Training epochs {_default('epochs')}.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Batch size {_default('batch_size')}.")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"Peak learning rate, SGD with momentum {_default('lr')}.")] = None,
+    momentum: Annotated[float | None, typer.Option(help=f"SGD momentum {_default('momentum')}.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help=f"Weight decay {_default('weight_decay')}.")] = None,
+    schedule: Annotated[str | None, typer.Option(help=f"cosine, step or constant {_default('schedule')}.")] = None,
     milestones: Annotated[str | None, typer.Option(help="Step-schedule epochs, comma-separated.")] = None,
     meta_size: Annotated[int | None, typer.Option(help="Clean meta-set size, carved before noise "
-                                                       "\\[default: 1000].")] = None,
-    val_size: Annotated[int | None, typer.Option(help="Noisy validation split size \\[default: 0].")] = None,
+                                                       f"{_default('meta_size')}.")] = None,
+    val_size: Annotated[int | None, typer.Option(help=f"Noisy validation split size {_default('val_size')}.")] = None,
     augment: Annotated[bool | None, typer.Option(help="Random crop + flip on the device.")] = None,
     opt: Annotated[list[str] | None, typer.Option("--opt", help="Method option key=value (repeatable).")] = None,
     data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
@@ -94,7 +109,11 @@ def run(
                      dataset_options=parse_options(data_opt))
         if feature_epochs is not None:  # sorted and unique, so 3,0,1 and 0,1,3 are the same config
             given["record_options"] = {"feature_epochs": sorted(set(parse_ints(feature_epochs, "--feature-epochs")))}
-        cfg = RunConfig.from_preset(preset, **{k: v for k, v in given.items() if v is not None})
+        from_file = read_run_config(config) if config is not None else {}
+        preset = preset if preset is not None else from_file.pop("preset", None)
+        from_file.pop("preset", None)
+        cfg = RunConfig.from_preset(preset, **merge_settings(from_file, {k: v for k, v in given.items()
+                                                                        if v is not None}))
         if not math.isfinite(checkpoint_every):
             raise NLBenchError(f"--checkpoint-every must be a finite number of seconds, got {checkpoint_every} "
                                "(--no-checkpoint writes none)")
@@ -115,6 +134,47 @@ def run(
         print_summary(rec)
     if rec["status"] != "ok":  # exit 1 with --json too, so scripts can tell a diverged run from a finished one
         raise typer.Exit(1)
+
+
+#: Largest --config file read (a run's settings are a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """The settings of a ``--config`` TOML file: RunConfig keys (``milestones`` as a list) and ``preset``.
+    Unknown keys are refused with the valid ones and a close match."""
+    import difflib
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise NLBenchError(f"cannot read --config {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise NLBenchError(f"--config {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise NLBenchError(f"--config {path} is not valid TOML: {e}") from None
+    valid = sorted(set(RUN_KEYS) | {"preset"})
+    for key in table:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise NLBenchError(f"--config {path}: unknown key {key!r}.{hint} Valid: {', '.join(valid)}")
+    if isinstance(table.get("milestones"), list):
+        table["milestones"] = tuple(table["milestones"])
+    return table
+
+
+def merge_settings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; option dicts (``method_options``, ...) merge key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = {**out[key], **value}
+        out[key] = value
+    return out
 
 
 def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
