@@ -134,28 +134,21 @@ class Surrogate(Method):
       batch mean of ``|r|``; ``alpha`` is then the typical weight change per visit;
     - ``scale="meta"``: the mean squared norm of the (centred) meta features in use, divided by ``C``: only the
       about ``m'/C`` same-class meta samples carry the positive part of the average in step 5, so this keeps
-      ``r / s`` of order 0.1-1 (measured on LeNet/Fashion-MNIST: mean ``|r| / s`` 0.07 at initialisation, 0.3
-      after 300 steps, against 0.0075 and 0.03 without the ``1/C``).
+      ``r / s`` of order 0.1-1 (the measurement is in docs/methods.md, "Measurements behind the defaults").
 
     Meta features: computed without gradients by :func:`encode_meta`, never changing BatchNorm running
     statistics. ``meta_bn="train"`` (default) normalises the meta chunk with its own batch statistics, the
     regime the training batch's features come from, and restores the buffers; ``meta_bn="eval"`` uses the
-    running statistics (the sweep: mean noisy-validation accuracy 49.63% for ``train`` against 49.38% for
-    ``eval``, weight AUROC 0.989 / 0.959 against 0.987 / 0.958 on pairflip40 / sym50).
+    running statistics.
     ``refresh="batch"``: a fresh random meta batch of ``meta_batch`` samples every step (drawn with the method's
     generator); ``refresh=k``: the whole meta set is re-encoded every ``k`` steps and cached (the cost of
     ``m / B`` forwards paid on steps 0, k, 2k, ..., so time steady-state steps after a warm-up).
 
-    Defaults (``persistent``, ``alpha=0.3``, ``w0=1``, ``scale="ema"``, ``refresh=50``, ``meta_bn="train"``) are
-    the winner of ``benchmarks/sweep_surrogate.py`` (Fashion-MNIST, LeNet, 3 epochs, pairflip40 and sym50, meta
-    1000, selected on 5000 noisy-validation labels, never on test; table in
-    ``results/sweeps/surrogate/summary.md``). Its margins are small (mean noisy-validation accuracy 49.63% against
-    49.36% for ERM and 49.36-49.40% for the other refresh, scale and BatchNorm choices, one seed), but the sweep
-    also found what fails: ``mode="direct"`` and ``alpha=3, w0=0.5`` collapse to chance on sym50. A class the
-    features do not separate yet scores ``r ~ 0`` for all its samples, so a rule that starts low (or sets
-    ``w = r / s``) starves it and it is never learned; ``w0=1`` leaves such classes at ERM weight. The cost of
-    ``refresh=50`` is measured on 2 CPU cores at about 1.1-1.2x an ERM step (LeNet batch 128, ResNet-32 batch
-    100); a meta batch of 100 every step costs about 1.5x.
+    Defaults (``persistent``, ``alpha=0.3``, ``w0=1``, ``scale="ema"``, ``refresh=50``, ``meta_bn="train"``) won
+    a sweep on noisy validation (``benchmarks/sweep_surrogate.py``); the memorisation preset sets ``alpha=3``,
+    which won its own sweep (``benchmarks/sweep_memorize.py``). ``w0=1`` because a class the features do not
+    separate yet scores ``r ~ 0``, and a rule that starts low starves it. The sweeps' tables and the step costs
+    are in docs/methods.md, "Measurements behind the defaults".
     The ablations ``surrogate-no-center``, ``surrogate-no-shift`` and ``surrogate-no-sign`` are subclasses
     that switch one class flag off.
     """
