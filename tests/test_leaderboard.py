@@ -317,3 +317,26 @@ def test_selection_rules_flags_identity_and_escaping():
     assert "co [NOISE RATE]" in md and "`erm` = `twin`" in md
     assert "| evil\\|name # x |" in md and "\n# x" not in md
     assert "Not ranked: co [NOISE RATE]" in md
+
+
+def test_method_label_leaves_the_presets_own_options_out():
+    """fmnist-memorize gives the surrogate alpha=3: its runs are plain `surrogate`, the ablation row's w0 shows,
+    and a run of that protocol without the preset's option is a separate entry, never merged with it."""
+    from nlbench.benchmark.config import RunConfig
+    from nlbench.benchmark.leaderboard import method_label
+
+    def rec(method, **opts):
+        cfg = RunConfig.from_preset("fmnist-memorize", method=method, noise="sym50")
+        cfg.method_options = opts
+        return {"method": method, "dataset": cfg.dataset, "model": cfg.model, "config": cfg.to_dict()}
+
+    assert method_label(rec("surrogate", alpha=3.0)) == "surrogate"
+    assert method_label(rec("surrogate", alpha=3.0, w0=0.5)) == "surrogate[w0=0.5]"
+    assert method_label(rec("surrogate-no-sign", alpha=3.0, w0=0.5)) == "surrogate-no-sign[w0=0.5]"
+    assert method_label(rec("surrogate")) == 'surrogate[alpha="built-in"]'
+    assert method_label(rec("surrogate", alpha=1.0)) == "surrogate[alpha=1.0]"
+    assert method_label(rec("meta-reweight", alpha=1.0, w0=1.0)) == "meta-reweight"
+    assert method_label(rec("erm")) == "erm"
+    short = RunConfig(method="surrogate", noise="sym50", method_options={"alpha": 3.0})
+    assert method_label({"method": "surrogate", "dataset": short.dataset, "model": short.model,
+                         "config": short.to_dict()}) == "surrogate[alpha=3.0]"

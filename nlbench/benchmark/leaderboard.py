@@ -24,6 +24,7 @@ time, so the same records (in any order) give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -58,12 +59,40 @@ def noise_sort_key(noise: str) -> tuple:
 
 
 def method_label(record: dict) -> str:
-    """``erm``, or ``surrogate[alpha=0.5]`` for a run given method options (a different entry)."""
-    opts = (record.get("config") or {}).get("method_options") or {}
-    if not opts:
+    """``erm``, or ``surrogate[alpha=0.5]`` for a run given method options (a different entry).
+
+    Options that the record's protocol preset gives the method (a preset's ``method_defaults``, e.g.
+    fmnist-memorize's ``alpha=3`` for the surrogate) belong to the protocol, not to the entry's name, so that run
+    is plain ``surrogate``. A run of that protocol WITHOUT such an option is another entry:
+    ``surrogate[alpha="built-in"]``.
+    """
+    opts = dict((record.get("config") or {}).get("method_options") or {})
+    defaults = _protocol_method_defaults(record)
+    shown = {k: v for k, v in opts.items() if k not in defaults or defaults[k] != v}
+    shown.update({k: "built-in" for k in defaults if k not in opts})
+    if not shown:
         return record["method"]
-    inner = ",".join(f"{k}={json.dumps(opts[k], sort_keys=True)}" for k in sorted(opts))
+    inner = ",".join(f"{k}={json.dumps(shown[k], sort_keys=True)}" for k in sorted(shown))
     return f"{record['method']}[{inner}]"
+
+
+def _protocol_method_defaults(record: dict) -> dict[str, Any]:
+    """The options the preset of ``record``'s protocol gives its method (``{}`` without such a preset)."""
+    try:
+        key = json.dumps(protocol_of(record), sort_keys=True, default=str)
+    except (KeyError, TypeError, AttributeError):
+        return {}
+    per_method = _preset_method_defaults(key)
+    value = per_method.get(record.get("method"), {})
+    return value if isinstance(value, dict) else {}
+
+
+@functools.lru_cache(maxsize=256)
+def _preset_method_defaults(protocol_json: str) -> dict[str, dict[str, Any]]:
+    from nlbench.benchmark.config import METHOD_DEFAULTS, PRESETS
+
+    preset = _preset_of(json.loads(protocol_json))
+    return dict(PRESETS.get(preset).get(METHOD_DEFAULTS, {})) if preset else {}
 
 
 def protocol_of(record: dict) -> dict[str, Any]:
