@@ -29,6 +29,7 @@ import torch
 from typer.testing import CliRunner
 
 import nlbench
+from nlbench.benchmark.checkpoint import checkpoints_dir
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.records import runs_dir, scan_records, write_record
 from nlbench.cli import app
@@ -38,10 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**{k: v for k, v in os.environ.items() if k != "NLBENCH_DATA_ROOT"}, "OMP_NUM_THREADS": "1"}
 SYN = ["--dataset", "synthetic", "--data-opt", "n_test=200", "--meta-size", "40", "--device", "cpu"]
 LONG_EPOCHS = 20
-# Measured on the 2 shared cores this was written on: ~1.3 s from runs/ appearing to the first step, then ~0.2 s an
-# epoch (250 steps of 16): the signal, 1.5 s after runs/ appears, lands in training; the rerun costs ~7 s.
+# A checkpoint after every epoch: its appearance is the event that says training is under way (no clock), and
+# the rerun must continue from it to the history an uninterrupted run has.
 LONG_RUN = ["run", *SYN, "--data-opt", "n_train=4000", "--noise", "sym40", "--epochs", str(LONG_EPOCHS),
-            "--batch-size", "16", "--val-size", "40", "--no-progress"]
+            "--batch-size", "16", "--val-size", "40", "--no-progress", "--checkpoint-every", "0"]
 SUMMARY = re.compile(r"grid \S+: (\d+) done, (\d+) skipped, (\d+) failed, (\d+) errors")
 
 
@@ -135,12 +136,8 @@ def interrupted_runs(tmp_path_factory) -> dict[str, Interrupted]:
     sigs = {"SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
     procs = {name: start(*LONG_RUN, "--results-dir", base / name) for name in sigs}
     for name, proc in procs.items():
-        # runs/ is created just before the data are loaded (an unwritable folder fails before any work): from
-        # there on the process generates data and trains
-        wait_until(lambda folder=base / name: runs_dir(folder).is_dir(), proc)
-    time.sleep(1.5)
-    for name, proc in procs.items():
-        assert proc.poll() is None, "the run ended before the signal: make LONG_RUN longer"
+        # the first checkpoint is written at the end of epoch 1: the signal lands mid-training
+        wait_until(lambda folder=base / name: any(checkpoints_dir(folder).glob("*.pt")), proc)
         proc.send_signal(sigs[name])
     first = {name: finish(proc, timeout=60) for name, proc in procs.items()}
     left = {name: (listing(base / name), scan_records(base / name)) for name in sigs}
@@ -153,7 +150,8 @@ def test_signal_during_run_leaves_nothing_and_the_rerun_writes_one_record(interr
     run = interrupted_runs[sig]
     if sig == "SIGINT":
         assert (run.returncode, run.stdout) == (130, "")
-        assert run.stderr == "interrupted: no record written; rerun the same command to run it again\n"
+        assert run.stderr == "interrupted: no record written; rerun the same command to go on from its last " \
+            "checkpoint\n"
     else:
         assert run.returncode == -signal.SIGKILL
     left = run.left
@@ -170,9 +168,12 @@ def test_signal_during_run_leaves_nothing_and_the_rerun_writes_one_record(interr
     assert problems == [] and [r["config_hash"] for r in records] == [rec["config_hash"]]
     assert listing(run.results) == [f"{rec['run_name']}.json"]
     assert rec["status"] == "ok" and [h["epoch"] for h in records[0]["history"]] == list(range(1, LONG_EPOCHS + 1))
+    assert 2 <= rec["resumed_from_epoch"] <= LONG_EPOCHS  # it went on from the checkpoint, not from epoch 1
+    assert not any(checkpoints_dir(run.results).glob("*"))  # removed with the record
 
 
 def test_same_command_twice_gives_identical_results_and_notes_its_environment(interrupted_runs):
+    """Both reruns resumed from checkpoints of different epochs, and still agree bit for bit."""
     a, b = (json.loads(interrupted_runs[sig].rerun[1]) for sig in ("SIGINT", "SIGKILL"))
     keys = ("epoch", "train_loss", "test_acc", "val_acc", "lr")
     assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
