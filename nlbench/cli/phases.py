@@ -10,29 +10,30 @@ from rich.table import Table
 
 from nlbench.cli import app, console, user_errors
 from nlbench.cli.core import DataRoot
+from nlbench.phase_config import PHASE_DATASETS, PhaseConfig
 
-# The defaults repeat nlbench.phases.PhaseConfig's (tests check they agree): importing it here would pull torch
-# into every `nlbench -h`.
+# The defaults are PhaseConfig's own (nlbench.phase_config holds no torch code, so `nlbench -h` stays fast).
+P = PhaseConfig
 
 
 @app.command()
 def phases(
     out: Annotated[Path, typer.Option(help="Folder for phases.json, phases.png and log.csv.")],
-    dataset: Annotated[str, typer.Option(help="synthetic or fashion-mnist-binary.")] = "synthetic",
-    method: Annotated[str, typer.Option(help="meta-reweight (exact scores) or surrogate (FBR scores).")] =
-    "meta-reweight",
-    meta_size: Annotated[int, typer.Option(help="Clean subset size m.")] = 100,
-    iterations: Annotated[int, typer.Option(help="Full-batch gradient steps.")] = 1500,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of data, split, flips and initialisation.")] = 0,
-    noise_rate: Annotated[float, typer.Option(help="Share of flipped labels per class, in [0, 0.5).")] = 0.4,
-    n_train: Annotated[int, typer.Option(help="Noisy pool size n.")] = 1000,
-    width: Annotated[int, typer.Option(help="Hidden width (even).")] = 1024,
-    lr: Annotated[float, typer.Option(help="Step size of gradient descent.")] = 1.0,
+    dataset: Annotated[str, typer.Option(help=f"{' or '.join(PHASE_DATASETS)}.")] = P.dataset,
+    method: Annotated[str, typer.Option(help="meta-reweight (exact scores) or surrogate (FBR scores).")] = \
+    P.method,
+    meta_size: Annotated[int, typer.Option(help="Clean subset size m.")] = P.meta_size,
+    iterations: Annotated[int, typer.Option(help="Full-batch gradient steps.")] = P.iterations,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of data, split, flips and initialisation.")] = P.seed,
+    noise_rate: Annotated[float, typer.Option(help="Share of flipped labels per class, in [0, 0.5).")] = P.noise_rate,
+    n_train: Annotated[int, typer.Option(help="Noisy pool size n.")] = P.n_train,
+    width: Annotated[int, typer.Option(help="Hidden width (even).")] = P.width,
+    lr: Annotated[float, typer.Option(help="Step size of gradient descent.")] = P.lr,
     alpha: Annotated[float, typer.Option(help="Weight step, in units of the first iteration's mean |score|.")] =
-    0.05,
-    w0: Annotated[float, typer.Option(help="Initial weight of every sample.")] = 0.5,
-    dim: Annotated[int, typer.Option(help="Input dimension (synthetic).")] = 32,
-    separation: Annotated[float, typer.Option(help="Distance between the class means (synthetic).")] = 5.0,
+    P.alpha,
+    w0: Annotated[float, typer.Option(help="Initial weight of every sample.")] = P.w0,
+    dim: Annotated[int, typer.Option(help="Input dimension (synthetic).")] = P.dim,
+    separation: Annotated[float, typer.Option(help="Distance between the class means (synthetic).")] = P.separation,
     threads: Annotated[int, typer.Option(min=1, help="Torch CPU threads (a small full-batch problem: 1 is "
                                                      "fastest on a shared machine).")] = 1,
     data_root: DataRoot = None,
@@ -41,7 +42,7 @@ def phases(
     filtering and post-filtering and write DIR/phases.json, DIR/phases.png and DIR/log.csv."""
     import torch
 
-    from nlbench.phases import PhaseConfig, phases_experiment
+    from nlbench.phases import phases_experiment
 
     with user_errors():
         cfg = PhaseConfig(dataset=dataset, method=method, n_train=n_train, meta_size=meta_size, noise_rate=noise_rate,
