@@ -280,9 +280,9 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     if resume and (done := _finished(results_dir, cfg)) is not None:
         return done
     ensure_runs_dir(results_dir)
-    # The claim a grid driver takes (nlbench.benchmark.grid.Claims), so a run and a grid, or two runs, never
+    # The claim a grid driver takes (nlbench.benchmark.grid.claims.Claims), so a run and a grid, or two runs, never
     # train the same config into the same folder at once.
-    from nlbench.benchmark.grid import Claims, claim_path, remove_claims_dir
+    from nlbench.benchmark.grid.claims import Claims, claim_path, remove_claims_dir
 
     claims = Claims(results_dir)
     if not claims.acquire(cfg.run_name()):
