@@ -24,11 +24,11 @@ from typer.testing import CliRunner
 from nlbench.benchmark import grid as G
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.harness import canonical_config
-from nlbench.benchmark.noise import parse_noise
 from nlbench.benchmark.records import find_record, pid_alive, record_path, write_record
 from nlbench.cli import app
 from nlbench.datasets import load_dataset
 from nlbench.errors import NLBenchError
+from nlbench.noise import parse_noise
 from nlbench.options import Range
 
 runner = CliRunner()

@@ -29,15 +29,6 @@ from nlbench.benchmark import checkpoint as ckpt
 from nlbench.benchmark.augment import random_crop_flip
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.features import FeatureView
-from nlbench.benchmark.noise import (
-    NoiseContext,
-    apply_noise,
-    noise_report,
-    noise_rng,
-    nominal_rate,
-    parse_noise,
-    standardise_features,
-)
 from nlbench.benchmark.progress import ProgressBar
 from nlbench.benchmark.records import SCHEMA_VERSION, ensure_runs_dir, find_record, record_path, write_record
 from nlbench.benchmark.splits import Splits, make_splits
@@ -46,6 +37,15 @@ from nlbench.datasets import DATASETS, Dataset, load_dataset
 from nlbench.errors import DivergenceError, NLBenchError
 from nlbench.methods import Batch, MethodContext, TrainData, TrainSet, create_method, get_method, plugin_versions
 from nlbench.models import MODELS, create_model
+from nlbench.noise import (
+    NoiseContext,
+    apply_noise,
+    noise_report,
+    noise_rng,
+    nominal_rate,
+    parse_noise,
+    standardise_features,
+)
 from nlbench.options import bind_options
 
 EVAL_BATCH = 1000

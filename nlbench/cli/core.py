@@ -210,9 +210,9 @@ def registry_rows(kind: str) -> list[tuple[str, ...]]:
             rows.append((name, summary + (f" (alias: {', '.join(aliases)})" if aliases else ""), method_flags(cls)))
         return rows
     if kind == "noises":
-        from nlbench.benchmark.noise import NOISES, list_noises
+        from nlbench.noise import NOISES, list_noises
 
-        return [(n, _first_line(NOISES.get(n.removesuffix("NN")))) for n in list_noises()]
+        return [(n, _first_line(NOISES.get(n.removesuffix("NN")).generate)) for n in list_noises()]
     if kind == "presets":
         from nlbench.benchmark.config import PRESETS
 
