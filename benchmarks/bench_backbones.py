@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nlbench.benchmark.harness import autocast_factory, make_prep, select_device
+from nlbench.benchmark.env import select_device
+from nlbench.benchmark.harness import autocast_factory, make_prep
 from nlbench.datasets.base import Dataset
 from nlbench.models import create_model
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from nlbench.benchmark.config import RunConfig
-from nlbench.benchmark.harness import cpu_numerics, train
+from nlbench.benchmark.env import cpu_numerics
+from nlbench.benchmark.harness import train
 from nlbench.datasets.base import Dataset
 from nlbench.models import create_model
 

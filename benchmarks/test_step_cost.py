@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from nlbench.benchmark.harness import autocast_factory, make_generator
+from nlbench.benchmark.env import make_generator
+from nlbench.benchmark.harness import autocast_factory
 from nlbench.methods import Batch, Method, MethodContext, TrainData, TrainSet, create_method, list_methods
 from nlbench.models import create_model
 

@@ -43,7 +43,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 def record_row(rec: dict) -> dict[str, Any]:
     """One record as a flat row (see :func:`load_records` for the columns)."""
-    from nlbench.benchmark.noise import nominal_rate
+    from nlbench.noise import nominal_rate
 
     final = rec.get("final") or {}
     report = rec.get("noise_report") or {}
@@ -121,7 +121,7 @@ def list_methods(pattern: str = "*") -> list[str]:
 
 def list_noises() -> list[str]:
     """Noise kinds; those that take a rate in percent are listed as ``kindNN`` (``sym40`` is a spec)."""
-    from nlbench.benchmark.noise import list_noises as _list
+    from nlbench.noise import list_noises as _list
 
     return _list()
 

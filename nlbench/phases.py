@@ -6,7 +6,7 @@ Setting (what the theory analyses, and nothing more):
 - a binary task with labels ``y`` in ``{-1, +1}``: ``synthetic`` (a two-component Gaussian mixture drawn with
   :func:`nlbench.datasets.synthetic.gaussian_mixture`) or ``fashion-mnist-binary`` (:mod:`nlbench.datasets.binary`);
   a noisy pool of ``n`` samples whose labels are flipped with exact per-class counts
-  (:func:`nlbench.benchmark.noise.flip_with_matrix` with ``T = [[1-r, r], [r, 1-r]]``) and a clean, class-balanced
+  (:func:`nlbench.noise.flip_with_matrix` with ``T = [[1-r, r], [r, 1-r]]``) and a clean, class-balanced
   meta subset ``V`` of ``m`` samples drawn apart from the pool;
 - a wide two-layer ReLU network in the NTK parameterisation, ``f(x) = a . relu(W x / sqrt(d)) / sqrt(h)``, both
   layers trained, with the *antisymmetric* initialisation (neurons come in pairs with equal ``W`` rows and opposite
@@ -58,11 +58,11 @@ import numpy as np
 import torch
 from torch.func import grad, jvp, vjp
 
-from nlbench.benchmark.noise import flip_with_matrix
 from nlbench.benchmark.splits import class_balanced_quota
 from nlbench.benchmark.stats import auroc
 from nlbench.errors import NLBenchError
 from nlbench.methods.surrogate import surrogate_scores
+from nlbench.noise import flip_with_matrix
 from nlbench.phase_config import PHASE_DATASETS, PHASE_METHODS, PhaseConfig
 
 __all__ = ["PHASE_DATASETS", "PHASE_METHODS", "PhaseConfig", "PhaseTask", "detect_phases", "init_mlp",

@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from nlbench.cli import app
 from nlbench.datasets import load_dataset
-from nlbench.datasets.cifar import CIFAR10_CLASSES, CIFAR10N_KEYS, CIFAR_LIMITS, CIFAR_N_LIMITS, load_cifar_n
+from nlbench.datasets.cifar import CIFAR10_CLASSES, CIFAR_LIMITS
+from nlbench.datasets.cifarn import CIFAR10N_KEYS, CIFAR_N_LIMITS, load_cifar_n
 from nlbench.errors import DataError
 
 N = 15  # fake CIFAR-10: 5 training batches of 3 images, 3 test images

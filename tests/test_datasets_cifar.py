@@ -15,18 +15,10 @@ import torch
 from PIL import Image
 
 from nlbench.datasets import load_dataset
-from nlbench.datasets.cifar import (
-    CIFAR10_CLASSES,
-    CIFAR10N_NOISES,
-    CIFAR100_CLASSES,
-    CIFAR100_COARSE,
-    CLOTHING1M_CLASSES,
-    cifar10_jpeg,
-    cifar100_asym_map,
-    load_cifar_n,
-    read_clothing1m_lists,
-    recover_cifar10_order,
-)
+from nlbench.datasets.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE, cifar100_asym_map
+from nlbench.datasets.cifar_jpeg import cifar10_jpeg, recover_cifar10_order
+from nlbench.datasets.cifarn import CIFAR10N_NOISES, load_cifar_n
+from nlbench.datasets.clothing1m import CLOTHING1M_CLASSES, read_clothing1m_lists
 from nlbench.errors import DataError
 
 SHARED = Path("/work/shared/data")

@@ -24,11 +24,11 @@ from typer.testing import CliRunner
 from nlbench.benchmark import grid as G
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.harness import canonical_config
-from nlbench.benchmark.noise import parse_noise
 from nlbench.benchmark.records import find_record, pid_alive, record_path, write_record
 from nlbench.cli import app
 from nlbench.datasets import load_dataset
 from nlbench.errors import NLBenchError
+from nlbench.noise import parse_noise
 from nlbench.options import Range
 
 runner = CliRunner()
@@ -463,9 +463,9 @@ def test_grid_workers_die_with_their_driver(tmp_path):
     driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import multiprocessing, os, sys, time
         from concurrent.futures import ProcessPoolExecutor
-        from nlbench.benchmark import grid as G
+        from nlbench.benchmark.grid.executors import _worker_init
         pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=G._worker_init, initargs=(os.getpid(),))
+                                   initializer=_worker_init, initargs=(os.getpid(),))
         futures = [pool.submit(time.sleep, 300) for _ in range(2)]
         time.sleep(0.5)
         while len(pool._processes) < 2:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from meta_reference import reference_meta_loss  # tests/ is on sys.path under pytest
 from torch import nn
 
 from nlbench.benchmark.config import RunConfig
@@ -19,7 +20,6 @@ from nlbench.methods.meta_grad import (
     meta_gradient,
     meta_scores,
     per_example_losses,
-    reference_meta_loss,
 )
 from nlbench.methods.meta_reweight import clipped_update
 from nlbench.methods.mwnet import WeightNet, weight_net_meta_grad

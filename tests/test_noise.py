@@ -10,17 +10,19 @@ import pytest
 
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.harness import noisy_pool
-from nlbench.benchmark.noise import (
+from nlbench.datasets import load_dataset
+from nlbench.errors import NLBenchError, UnknownNameError
+from nlbench.noise import (
+    NOISES,
     NoiseContext,
     apply_noise,
+    list_noises,
     noise_report,
     noise_rng,
     parse_noise,
     realised_matrix,
     round_half_up,
 )
-from nlbench.datasets import load_dataset
-from nlbench.errors import NLBenchError, UnknownNameError
 
 # Unequal class sizes, some with x.5 products at the tested rates (e.g. 5 * 10% = 0.5, 15 * 30% = 4.5).
 SIZES = [37, 50, 15, 64, 5]
@@ -75,6 +77,19 @@ def test_exact_per_class_flip_counts(kind, pct):
     if kind != "idn":  # every flip lands where the nominal T allows it
         flipped = noisy != y
         assert np.all(T[y[flipped], noisy[flipped]] > 0)
+
+
+def test_rateless_is_a_property_of_the_registered_kind():
+    """One registry: whether a kind takes a rate is on its entry, and listing and parsing read it from there."""
+    rateless = {k for k in NOISES.list() if NOISES.get(k).rateless}
+    assert rateless == {"clean", "cifar10n-aggre", "cifar10n-worst", "cifar10n-rand1", "cifar10n-rand2",
+                        "cifar10n-rand3", "cifar100n"}
+    assert list_noises() == [k if k in rateless else f"{k}NN" for k in NOISES.list()]
+    assert parse_noise("clean").rate == 0.0 and parse_noise("sym40").rate == 0.4
+    with pytest.raises(NLBenchError, match="takes no rate"):
+        parse_noise("clean40")
+    with pytest.raises(NLBenchError, match="needs a rate"):
+        parse_noise("sym")
 
 
 def test_half_counts_round_up():

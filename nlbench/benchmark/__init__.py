@@ -1,1 +1,1 @@
-"""The benchmark core: noise, splits, the training harness, records and statistics."""
+"""The benchmark core: splits, the training harness, grids, records and statistics (noise is :mod:`nlbench.noise`)."""

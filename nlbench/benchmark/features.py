@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nlbench.benchmark.noise import noise_rng
 from nlbench.benchmark.schema import features_problems
 from nlbench.errors import NLBenchError
+from nlbench.noise import noise_rng
 
 #: Default size of the feature sample (2000 x 2 coordinates x a few epochs keeps a record small).
 DEFAULT_SAMPLES = 2000

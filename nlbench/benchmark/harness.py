@@ -11,25 +11,29 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import torch
 
-import nlbench
 from nlbench.benchmark import checkpoint as ckpt
 from nlbench.benchmark.augment import random_crop_flip
 from nlbench.benchmark.config import RunConfig
+from nlbench.benchmark.env import environment, make_generator, seed_int, select_device
 from nlbench.benchmark.features import FeatureView
-from nlbench.benchmark.noise import (
+from nlbench.benchmark.progress import ProgressBar
+from nlbench.benchmark.records import SCHEMA_VERSION, ensure_runs_dir, find_record, record_path, write_record
+from nlbench.benchmark.splits import Splits, make_splits
+from nlbench.benchmark.telemetry import weight_telemetry
+from nlbench.datasets import DATASETS, Dataset, load_dataset
+from nlbench.errors import DivergenceError, NLBenchError
+from nlbench.methods import Batch, MethodContext, TrainData, TrainSet, create_method, get_method
+from nlbench.models import MODELS, create_model
+from nlbench.noise import (
     NoiseContext,
     apply_noise,
     noise_report,
@@ -38,41 +42,9 @@ from nlbench.benchmark.noise import (
     parse_noise,
     standardise_features,
 )
-from nlbench.benchmark.progress import ProgressBar
-from nlbench.benchmark.records import SCHEMA_VERSION, ensure_runs_dir, find_record, record_path, write_record
-from nlbench.benchmark.splits import Splits, make_splits
-from nlbench.benchmark.telemetry import weight_telemetry
-from nlbench.datasets import DATASETS, Dataset, load_dataset
-from nlbench.errors import DivergenceError, NLBenchError
-from nlbench.methods import Batch, MethodContext, TrainData, TrainSet, create_method, get_method, plugin_versions
-from nlbench.models import MODELS, create_model
 from nlbench.options import bind_options
 
 EVAL_BATCH = 1000
-
-
-def select_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise NLBenchError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NLBenchError("--device cuda was asked for, but no CUDA device is available")
-    return dev
-
-
-def seed_int(*parts: int) -> int:
-    """A 63-bit seed derived from integers, so streams (init, shuffle, method, noise) never collide."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def make_generator(device: torch.device, *parts: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed_int(*parts))
-    return g
 
 
 def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
@@ -180,62 +152,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, prep, aut
     return correct.item() / len(y)
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(nlbench.__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-
-
-def cpu_numerics() -> dict:
-    """What CPU results depend on beyond the code and the seed: the CPU model and its vector ISA flags, the
-    kernel level torch dispatches to, and the BLAS and oneDNN builds. Two machines that differ here may give
-    different floating-point results from the same command (the README says which determinism holds)."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    have = set(value.split())
-                    flags = [fl for fl in _ISA_FLAGS if fl in have]
-                    break
-    except OSError:  # not Linux: the model from platform is all there is
-        pass
-    config = torch.__config__.show()
-
-    def find(pattern: str) -> str | None:
-        m = re.search(pattern, config)
-        return m.group(1).strip() if m else None
-
-    return {"cpu_model": model, "cpu_flags": flags, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "blas": find(r"BLAS_INFO=(\w+)"), "mkl": find(r"Math Kernel Library Version ([^\n]+?)-Product"),
-            "onednn": find(r"MKL-DNN (v[\d.]+)")}
-
-
-def environment(device: torch.device) -> dict:
-    """Versions and hardware a record was made with (for reproducibility, not part of the config hash)."""
-    return {
-        "nlbench": nlbench.__version__, "torch": torch.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
-        "threads": torch.get_num_threads(), "git_sha": _git_sha(),
-        # GPU results depend on the CUDA/cuDNN kernels as much as on torch: None on CPU-only builds and devices
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-        **cpu_numerics(),
-        "plugins": plugin_versions(),  # {method: "dist==version"} of methods from entry points
-    }
-
-
 def canonical_config(cfg: RunConfig) -> RunConfig:
     """Resolve aliases (``fbr`` -> ``surrogate``) and check every name, so equal runs hash equally: the noise
     spec's canonical name (``SYM040`` -> ``sym40``), and method and dataset options checked and converted to
@@ -280,9 +196,9 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     if resume and (done := _finished(results_dir, cfg)) is not None:
         return done
     ensure_runs_dir(results_dir)
-    # The claim a grid driver takes (nlbench.benchmark.grid.Claims), so a run and a grid, or two runs, never
+    # The claim a grid driver takes (nlbench.benchmark.grid.claims.Claims), so a run and a grid, or two runs, never
     # train the same config into the same folder at once.
-    from nlbench.benchmark.grid import Claims, claim_path, remove_claims_dir
+    from nlbench.benchmark.grid.claims import Claims, claim_path, remove_claims_dir
 
     claims = Claims(results_dir)
     if not claims.acquire(cfg.run_name()):

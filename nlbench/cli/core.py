@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from enum import StrEnum
 from pathlib import Path
@@ -256,34 +257,56 @@ def method_flags(cls: Any) -> str:
     return ", ".join(flags) or "-"
 
 
-def registry_rows(kind: str) -> list[tuple[str, ...]]:
-    """(name, one-line description) for every entry of a registry; methods add what they read
-    (:func:`method_flags`)."""
-    if kind == "methods":
-        from nlbench.methods import METHODS, list_methods
+def _method_rows() -> list[tuple[str, ...]]:
+    from nlbench.methods import METHODS, list_methods
 
-        rows = []
-        for name in list_methods():
-            cls = METHODS.get(name)
-            aliases = METHODS.aliases(name)
-            summary = " ".join((cls.summary or _first_line(cls)).split())
-            rows.append((name, summary + (f" (alias: {', '.join(aliases)})" if aliases else ""), method_flags(cls)))
-        return rows
-    if kind == "noises":
-        from nlbench.benchmark.noise import NOISES, list_noises
+    rows = []
+    for name in list_methods():
+        cls = METHODS.get(name)
+        aliases = METHODS.aliases(name)
+        summary = " ".join((cls.summary or _first_line(cls)).split())
+        rows.append((name, summary + (f" (alias: {', '.join(aliases)})" if aliases else ""), method_flags(cls)))
+    return rows
 
-        return [(n, _first_line(NOISES.get(n.removesuffix("NN")))) for n in list_noises()]
-    if kind == "presets":
-        from nlbench.benchmark.config import PRESETS
 
-        return [(n, ", ".join(f"{k}={v}" for k, v in PRESETS.get(n).items())) for n in PRESETS.list()]
-    if kind == "datasets":
-        from nlbench.datasets import DATASETS
+def _noise_rows() -> list[tuple[str, ...]]:
+    from nlbench.noise import NOISES, list_noises
 
-        return [(n, _first_line(DATASETS.get(n))) for n in DATASETS.list()]
+    return [(n, _first_line(NOISES.get(n.removesuffix("NN")).generate)) for n in list_noises()]
+
+
+def _preset_rows() -> list[tuple[str, ...]]:
+    from nlbench.benchmark.config import PRESETS
+
+    return [(n, ", ".join(f"{k}={v}" for k, v in PRESETS.get(n).items())) for n in PRESETS.list()]
+
+
+def _dataset_rows() -> list[tuple[str, ...]]:
+    from nlbench.datasets import DATASETS
+
+    return [(n, _first_line(DATASETS.get(n))) for n in DATASETS.list()]
+
+
+def _model_rows() -> list[tuple[str, ...]]:
     from nlbench.models import MODELS
 
     return [(n, _first_line(MODELS.get(n))) for n in MODELS.list()]
+
+
+#: registry kind (as ``nlbench list`` names it) -> how to list it
+REGISTRY_ROWS: dict[str, Callable[[], list[tuple[str, ...]]]] = {
+    "methods": _method_rows,
+    "noises": _noise_rows,
+    "presets": _preset_rows,
+    "datasets": _dataset_rows,
+    "models": _model_rows,
+}
+
+
+def registry_rows(kind: str) -> list[tuple[str, ...]]:
+    """(name, one-line description) for every entry of a registry; methods add what they read
+    (:func:`method_flags`)."""
+    return REGISTRY_ROWS[kind]()
 
 
 @noise_app.command("show")

@@ -34,6 +34,6 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, *, downl
 
 
 # Importing the modules runs their decorators.
-from nlbench.datasets import binary, cifar, fashion_mnist, synthetic  # noqa: E402,F401
+from nlbench.datasets import binary, cifar, cifar_jpeg, clothing1m, fashion_mnist, synthetic  # noqa: E402,F401
 
 __all__ = ["DATASETS", "Dataset", "list_datasets", "load_dataset", "register_dataset"]

@@ -26,7 +26,7 @@ class Dataset:
 
     ``x_*`` is uint8 ``(N, C, H, W)`` for images (normalised by the harness with ``mean``/``std``) or float32
     ``(N, d)`` for vector data (used as is). ``y_*`` is int64 ``(N,)`` with the *true* training labels: noise is
-    applied later by :mod:`nlbench.benchmark.noise`, never by a loader.
+    applied later by :mod:`nlbench.noise`, never by a loader.
     """
 
     name: str

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from nlbench.methods.base import Batch, StepOutput, register_method
+from nlbench.methods.meta_batch import MetaBatchMethod
 from nlbench.methods.meta_grad import (
-    MetaBatchMethod,
     RecordedForward,
     loss_jvp,
     meta_gradient,

@@ -17,9 +17,11 @@ It needs no second-order autograd (``docs/methods.md``, "Exact meta-gradient"):
    inside a training step, :meth:`RecordedForward.loss_tangent`, which propagates only the tangents through the
    activations of the step's own forward (the primal half of the pass is that forward, already paid for).
 
-:func:`meta_scores` chains the three. :func:`reference_meta_loss` builds ``L_V(theta_hat(w))`` with the whole
-graph through the virtual step, so that double backward gives the same quantities the slow, obvious way; it is
-the ground truth for the tests and is not used in training.
+:func:`meta_scores` chains the three. ``reference_meta_loss`` in ``tests/meta_reference.py`` builds
+``L_V(theta_hat(w))`` with the whole graph through the virtual step, so that double backward gives the same
+quantities the slow, obvious way; it is the ground truth for the tests and is not part of the package. The
+methods' base class, :class:`~nlbench.methods.meta_batch.MetaBatchMethod`, is in :mod:`nlbench.methods.meta_batch`;
+this module is autodiff only.
 
 Choices nlbench makes here (not fixed by the papers):
 
@@ -52,7 +54,7 @@ import inspect
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -61,12 +63,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
-from nlbench.errors import NLBenchError
-from nlbench.methods.base import Method, MethodContext
-from nlbench.options import Range
-
-__all__ = ["MetaBatchMethod", "RecordedForward", "frozen_batchnorm_stats", "loss_jvp", "meta_gradient",
-           "meta_scores", "per_example_losses", "reference_meta_loss", "trainable_params", "virtual_params"]
+__all__ = ["RecordedForward", "frozen_batchnorm_stats", "loss_jvp", "meta_gradient", "meta_scores",
+           "per_example_losses", "trainable_params", "virtual_params"]
 
 
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -587,52 +585,3 @@ def meta_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_meta: torc
         params = virtual_params(model, per_example_losses(forward.output, y), weights, eta)
     u = meta_gradient(model, x_meta, y_meta, params)
     return forward.loss_tangent(y, u) * (eta / x.shape[0])
-
-
-def reference_meta_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_meta: torch.Tensor,
-                        y_meta: torch.Tensor, eta: float, weights: torch.Tensor) -> torch.Tensor:
-    """``L_V(theta_hat(w))`` with the full graph through the virtual step (``create_graph=True``).
-
-    Differentiating the result w.r.t. ``weights`` (or whatever ``weights`` was computed from, such as a weight
-    net) gives the exact meta-gradient by double backward: ``g = -autograd.grad(L_V, weights)``. It is the
-    obvious, slow route (tests only). Both passes run on *copies* of the BatchNorm buffers, so the module's
-    running statistics are never touched, independently of :func:`frozen_batchnorm_stats`.
-    """
-    params = trainable_params(model)
-    buffers = {k: b.clone() for k, b in model.named_buffers()}
-    losses = per_example_losses(functional_call(model, (params, buffers), (x,)), y)
-    obj = (weights * losses).sum() / x.shape[0]
-    grads = torch.autograd.grad(obj, list(params.values()), create_graph=True, allow_unused=True)
-    hat = {k: p if g is None else p - eta * g for (k, p), g in zip(params.items(), grads, strict=True)}
-    buffers = {k: b.clone() for k, b in model.named_buffers()}
-    return per_example_losses(functional_call(model, (hat, buffers), (x_meta,)), y_meta).mean()
-
-
-class MetaBatchMethod(Method):
-    """Base of the exact meta-reweighting methods: owns the meta set and draws one meta batch per step.
-
-    Option ``meta_batch`` (default: the run's batch size, as in L2RW and MW-Net, whose meta batches equal their
-    training batches of 100): each step draws that many distinct meta samples with the method's generator; a
-    value of at least the meta-set size uses the whole meta set every step.
-    """
-
-    reweights = True
-    uses_meta = True
-
-    def __init__(self, *, meta_batch: Annotated[int, Range(1, 1_000_000)] | None = None):
-        super().__init__()
-        self.meta_batch = meta_batch
-
-    def setup(self, ctx: MethodContext) -> None:
-        super().setup(ctx)
-        if len(ctx.meta_y) == 0:
-            raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
-        if self.meta_batch is None:
-            self.meta_batch = ctx.batch_size
-
-    def next_meta_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A fresh meta batch ``(x, y)``, model-ready, drawn without replacement with ``ctx.generator``."""
-        return self.ctx.sample_meta(self.meta_batch)
-
-    def options(self) -> dict[str, Any]:
-        return {"meta_batch": self.meta_batch}

@@ -26,7 +26,7 @@ Choices nlbench makes (the paper states the update, not its scale):
   alpha 0.1 / 0.3 / 1.0 gave validation accuracy 0.531 / 0.534 / 0.532 (test 0.865 / 0.859 / 0.854), weight
   AUROC 0.94 / 0.90 / 0.87 and 52 / 77 / 83 % of noisy samples below 0.1: the accuracy does not separate them
   at this length, 0.3 filters most noisy samples within the 3 epochs at a small cost in ranking quality.
-- ``meta_batch``: see :class:`nlbench.methods.meta_grad.MetaBatchMethod`.
+- ``meta_batch``: see :class:`nlbench.methods.meta_batch.MetaBatchMethod`.
 
 Cost per step: the shared forward (recorded), the virtual-step backward, a forward + backward on the meta
 batch, the tangent half of a forward-mode pass on the recorded activations and the real backward.
@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from nlbench.methods.base import Batch, MethodContext, StepOutput, register_method
-from nlbench.methods.meta_grad import MetaBatchMethod, RecordedForward, meta_scores, per_example_losses
+from nlbench.methods.meta_batch import MetaBatchMethod
+from nlbench.methods.meta_grad import RecordedForward, meta_scores, per_example_losses
 from nlbench.options import Range
 
 __all__ = ["MetaReweight", "clipped_update"]

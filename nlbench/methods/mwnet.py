@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from nlbench.methods.base import Batch, MethodContext, StepOutput, register_method
+from nlbench.methods.meta_batch import MetaBatchMethod
 from nlbench.methods.meta_grad import (
-    MetaBatchMethod,
     RecordedForward,
     frozen_batchnorm_stats,
     meta_scores,

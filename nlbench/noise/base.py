@@ -1,4 +1,6 @@
-"""Label-noise generators with exact, verifiable rates.
+"""The noise registry and what every kind shares: spec parsing, exact-count flipping, the noise report.
+
+Label-noise generators with exact, verifiable rates (the kinds are in the sibling modules).
 
 Every generator is a pure function of (true labels, rate, an explicit ``numpy.random.Generator``, a context)
 that returns ``(noisy_labels, T)``. ``T`` is row-stochastic with ``T[true, noisy] = P(noisy = j | true = i)``
@@ -49,27 +51,38 @@ class NoiseSpec:
     rate: float
 
 
-#: kind -> generator(labels, num_classes, rate, rng, ctx) -> (noisy, T)
-NOISES: Registry = Registry("noise")
-#: kinds that take no rate suffix (``clean``, real human label sets)
-_RATELESS: set[str] = set()
+@dataclass(frozen=True)
+class NoiseKind:
+    """A registered noise kind: its generator ``generate(labels, num_classes, rate, rng, ctx) -> (noisy, T)`` and
+    whether its spec takes no rate suffix (``rateless``: ``clean``, real human label sets)."""
+
+    generate: Callable[[np.ndarray, int, float, np.random.Generator, NoiseContext], tuple[np.ndarray, np.ndarray]]
+    rateless: bool = False
+
+
+#: kind -> :class:`NoiseKind` (the generator and whether the kind takes a rate)
+NOISES: Registry[NoiseKind] = Registry("noise")
 
 
 def register_noise(kind: str, *, rateless: bool = False):
-    """Register a generator ``fn(labels, num_classes, rate, rng, ctx) -> (noisy, T)`` under ``kind``."""
+    """Register a generator ``fn(labels, num_classes, rate, rng, ctx) -> (noisy, T)`` under ``kind``; a
+    ``rateless`` kind is named without a rate (``clean``), every other one with a rate in percent (``sym40``)."""
 
     def deco(fn):
-        NOISES.add(kind, fn)
-        if rateless:
-            _RATELESS.add(kind)
+        NOISES.add(kind, NoiseKind(fn, rateless))
         return fn
 
     return deco
 
 
+def is_rateless(kind: str) -> bool:
+    """Whether ``kind`` is the canonical name of a registered kind that takes no rate."""
+    return kind in NOISES.list() and NOISES.get(kind).rateless
+
+
 def list_noises() -> list[str]:
     """Noise kinds; those with a rate are listed as ``kindNN``."""
-    return [k if k in _RATELESS else f"{k}NN" for k in NOISES.list()]
+    return [k if NOISES.get(k).rateless else f"{k}NN" for k in NOISES.list()]
 
 
 # The optional minus lets "sym-5" reach the range check ("outside [0, 100)") instead of failing as an
@@ -111,7 +124,7 @@ def parse_noise(spec: str) -> NoiseSpec:
     if len(spec.strip()) > MAX_SPEC_CHARS:  # a run name (and file name) holds the spec
         raise NLBenchError(f"noise spec {_show(spec)} is too long (at most {MAX_SPEC_CHARS} characters)")
     spec = spec.strip().lower()
-    if spec in NOISES and spec in _RATELESS:
+    if is_rateless(spec):
         return NoiseSpec(spec, spec, 0.0)
     m = _SPEC.match(spec)
     if not m:
@@ -128,7 +141,7 @@ def parse_noise(spec: str) -> NoiseSpec:
     rate = f"-{rate}" if sign and rate != "0" else rate  # a negative rate only reaches the range check below
     pct = float(rate)
     kind = NOISES.canonical(kind)
-    if kind in _RATELESS:
+    if NOISES.get(kind).rateless:
         raise NLBenchError(f"noise {kind!r} takes no rate")
     if not 0 <= pct < 100:
         raise NLBenchError(f"noise rate {pct:g}% in {spec!r} is outside [0, 100)")
@@ -185,159 +198,12 @@ def _matrix_noise(build: Callable[[int, float, np.random.Generator, NoiseContext
     return generate
 
 
-@register_noise("clean", rateless=True)
-def clean(labels, num_classes, rate, rng, ctx):
-    """Identity: no label changes."""
-    return np.asarray(labels).copy(), np.eye(num_classes)
-
-
-def _sym(C, r, rng, ctx):
-    """Exclusive symmetric: T[i,i] = 1-r, T[i,j] = r/(C-1). Needs r <= (C-1)/C (above that the true label
-    is no longer the most likely one)."""
-    if r > (C - 1) / C + 1e-12:
-        raise NLBenchError(f"sym rate {r:.0%} exceeds (C-1)/C = {(C - 1) / C:.1%} for {C} classes")
-    return np.full((C, C), r / (C - 1)) + np.eye(C) * (1 - r - r / (C - 1))
-
-
-def _uniform(C, r, rng, ctx):
-    """Inclusive symmetric (MW-Net/DivideMix convention): a share r of labels is redrawn uniformly over all C
-    classes, so the true wrong rate is r(C-1)/C; nlbench flips exactly that share to the other classes."""
-    return np.full((C, C), r / C) + np.eye(C) * (1 - r)
-
-
-def _pairflip(C, r, rng, ctx):
-    """Pair flip (Han et al. 2018): T[i,i] = 1-r, T[i,(i+1) mod C] = r."""
-    return (1 - r) * np.eye(C) + r * np.roll(np.eye(C), 1, axis=1)
-
-
-def _flipback(C, r, rng, ctx):
-    """nlbench's definition of the paper's undefined "flipback": paired swap 2k <-> 2k+1 at rate r; with odd C
-    the last class stays clean."""
-    T = np.eye(C)
-    for a in range(0, C - 1, 2):
-        T[a, a] = T[a + 1, a + 1] = 1 - r
-        T[a, a + 1] = T[a + 1, a] = r
-    return T
-
-
-def _background(C, r, rng, ctx):
-    """L2RW's background flip: one class b is drawn from the noise seed and every flipped label goes to b.
-    Samples of class b itself cannot flip to b and stay clean, so the overall rate is r(C-1)/C for balanced
-    classes."""
-    b = int(rng.integers(C))
-    T = (1 - r) * np.eye(C)
-    T[:, b] += r
-    T[b] = 0.0
-    T[b, b] = 1.0
-    return T
-
-
-def _asym(C, r, rng, ctx):
-    """Dataset-specific class map (``Dataset.asym_map``): a mapped class c keeps 1-r and sends r to map[c];
-    classes outside the map stay clean. The map is applied once, from the true labels."""
-    if not ctx.asym_map:
-        raise NLBenchError(f"asym noise needs a class map, and dataset {ctx.dataset!r} defines none")
-    T = np.eye(C)
-    for src, dst in ctx.asym_map.items():
-        T[src, src] = 1 - r
-        T[src, dst] += r
-    return T
-
-
-for _kind, _fn in [("sym", _sym), ("uniform", _uniform), ("pairflip", _pairflip), ("flipback", _flipback),
-                   ("background", _background), ("asym", _asym)]:
-    register_noise(_kind)(_matrix_noise(_fn))
-
-
-def standardise_features(x: np.ndarray) -> np.ndarray:
-    """Flatten and z-score each input dimension over the dataset (constant dimensions become 0)."""
-    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    std = x.std(axis=0)
-    return ((x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
-
-
-@register_noise("idn")
-def idn(labels, num_classes, rate, rng, ctx):
-    """Instance-dependent noise (Xia et al. 2020, "Part-dependent label noise"), with exact counts.
-
-    As in Xia et al.: q_n ~ N(r, 0.1^2) truncated to [0, 1]; W ~ N(0, 1) of shape (C, d, C); p = x_n W[y_n],
-    p[y_n] = -inf, p = q_n softmax(p), p[y_n] += 1 - q_n, where x_n are the z-scored, flattened inputs.
-    Exact counts (nlbench): in class c exactly round(n_c r) samples flip, drawn without replacement with
-    probability proportional to q_n; each goes to a class drawn from its own softmax(p). The returned T is the
-    class average of the per-instance rows p (the nominal matrix).
-    """
-    _check_classes(num_classes)
-    feats = ctx.features() if callable(ctx.features) else ctx.features
-    if feats is None:
-        raise NLBenchError("idn noise needs input features")
-    labels = np.asarray(labels)
-    x = np.asarray(feats, dtype=np.float32).reshape(len(labels), -1)
-    C, d = num_classes, x.shape[1]
-    q = np.empty(len(labels))
-    todo = np.arange(len(labels))
-    while len(todo):  # rejection sampling of the truncated normal, from the explicit generator
-        draw = rng.normal(rate, 0.1, size=len(todo))
-        ok = (draw >= 0) & (draw <= 1)
-        q[todo[ok]] = draw[ok]
-        todo = todo[~ok]
-    W = rng.standard_normal((C, d, C)).astype(np.float32)
-    noisy = labels.copy()
-    T = np.zeros((C, C))
-    for c in range(C):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) == 0:
-            T[c, c] = 1.0
-            continue
-        logits = (x[idx] @ W[c]).astype(np.float64)
-        logits[:, c] = -np.inf
-        logits -= logits.max(axis=1, keepdims=True)
-        soft = np.exp(logits)
-        soft /= soft.sum(axis=1, keepdims=True)
-        P = q[idx, None] * soft
-        P[:, c] += 1 - q[idx]
-        T[c] = P.mean(axis=0)
-        k = round_half_up(len(idx) * rate)
-        if k == 0:
-            continue
-        # Gumbel top-k = sampling k without replacement with probability proportional to q.
-        with np.errstate(divide="ignore"):
-            keys = np.log(q[idx]) + rng.gumbel(size=len(idx))
-        chosen = np.argsort(-keys, kind="stable")[:k]
-        cum = soft[chosen].cumsum(axis=1)
-        # Scaling u by the row total keeps u < cum[-1] when the float sum falls short of 1, and ``>=`` skips
-        # zero-probability classes, so the draw can never land on the true class c (soft[:, c] = 0).
-        u = rng.random(k)[:, None] * cum[:, -1:]
-        targets = (u >= cum).sum(axis=1)
-        noisy[idx[chosen]] = targets
-    return noisy, T
-
-
-def _human(name: str):
-    def generate(labels, num_classes, rate, rng, ctx):
-        if name not in ctx.human:
-            raise NLBenchError(f"noise {name!r} needs the CIFAR-N human labels, which dataset {ctx.dataset!r} "
-                               "does not have")
-        full = np.asarray(ctx.human[name]())
-        noisy = full if ctx.indices is None else full[ctx.indices]
-        if len(noisy) != len(labels):
-            raise NLBenchError(f"{name}: {len(noisy)} human labels for {len(labels)} samples")
-        return noisy.astype(np.int64).copy(), realised_matrix(labels, noisy, num_classes)
-
-    generate.__doc__ = f"Real human labels {name} (CIFAR-N, Wei et al. 2022); T is the realised matrix."
-    return generate
-
-
-for _name in ["cifar10n-aggre", "cifar10n-worst", "cifar10n-rand1", "cifar10n-rand2", "cifar10n-rand3",
-              "cifar100n"]:
-    register_noise(_name, rateless=True)(_human(_name))
-
-
 def apply_noise(spec: str | NoiseSpec, labels: np.ndarray, num_classes: int, rng: np.random.Generator,
                 ctx: NoiseContext | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Apply the noise ``spec`` to ``labels``: returns ``(noisy int64 (n,), T float (C, C))``."""
     spec = parse_noise(spec) if isinstance(spec, str) else spec
-    noisy, T = NOISES.get(spec.kind)(np.asarray(labels, dtype=np.int64), num_classes, spec.rate, rng,
-                                     ctx or NoiseContext())
+    noisy, T = NOISES.get(spec.kind).generate(np.asarray(labels, dtype=np.int64), num_classes, spec.rate, rng,
+                                              ctx or NoiseContext())
     return np.asarray(noisy, dtype=np.int64), np.asarray(T, dtype=np.float64)
 
 
