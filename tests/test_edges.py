@@ -487,3 +487,22 @@ def test_grid_workers_die_with_their_driver(tmp_path):
     for p in alive:  # do not leave them behind if the test fails
         os.kill(p, signal.SIGKILL)
     assert alive == []
+
+
+def test_default_model_is_declared_at_registration():
+    """The dataset's registration, not config.py, says which model its runs use by default."""
+    from nlbench.datasets import DEFAULT_MODELS, default_model, register_dataset
+
+    assert RunConfig(dataset="fashion-mnist").model == DEFAULT_MODELS["fashion-mnist"] == "lenet"
+    assert RunConfig(dataset="clothing1m").model == "resnet50" and default_model("cifar10") == "resnet32"
+    try:
+        @register_dataset("test-only-set", default_model="mlp512")
+        def _loader(root, download=False):
+            raise AssertionError("not loaded")
+
+        assert RunConfig(dataset="test-only-set").model == "mlp512"
+    finally:
+        from nlbench.datasets import DATASETS
+
+        DATASETS._items.pop("test-only-set", None)
+        DEFAULT_MODELS.pop("test-only-set", None)

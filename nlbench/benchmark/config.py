@@ -13,10 +13,6 @@ from nlbench.errors import NLBenchError
 from nlbench.options import Range
 from nlbench.registry import Registry
 
-#: The model each dataset trains with unless ``model`` is given.
-DEFAULT_MODEL = {"fashion-mnist": "lenet", "fashion-mnist-binary": "mlp", "synthetic": "mlp",
-                 "clothing1m": "resnet50"}
-
 #: Named protocols (``--preset``): RunConfig defaults that explicit options override. See docs/methods.md,
 #: "Reference protocols".
 _FINE = dict(model="resnet34", epochs=120, batch_size=128, lr=0.02, momentum=0.9, weight_decay=1e-3,
@@ -140,8 +136,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.milestones, list | tuple):  # anything else is refused by validate()
             self.milestones = tuple(int(m) if _is_int(m) else m for m in self.milestones)
-        if self.model is None:
-            self.model = DEFAULT_MODEL.get(self.dataset, "resnet32")
+        if self.model is None:  # the dataset's registration declares it (imported only when needed)
+            from nlbench.datasets import default_model
+
+            self.model = default_model(self.dataset)
         self.validate()
 
     @property

@@ -1,6 +1,6 @@
 """Dataset registry.
 
-A loader is registered with ``@register_dataset("name")`` and called as
+A loader is registered with ``@register_dataset("name", default_model="lenet")`` and called as
 ``loader(root: Path | None, download: bool = False, **options) -> Dataset``, where ``root`` is the resolved
 data root (see :func:`nlbench.datasets.base.resolve_root`).
 """
@@ -14,7 +14,25 @@ from nlbench.options import bind_options
 from nlbench.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
-register_dataset = DATASETS.register
+#: The model a dataset trains with unless ``model`` is given, declared where the dataset is registered.
+DEFAULT_MODELS: dict[str, str] = {}
+#: The model of a dataset that declares none (and of a name that is not registered).
+FALLBACK_MODEL = "resnet32"
+
+
+def register_dataset(name: str, *, default_model: str = FALLBACK_MODEL, aliases: tuple[str, ...] = ()):
+    """Register a loader under ``name``; ``default_model`` is the model its runs use unless told otherwise."""
+    DEFAULT_MODELS[name] = default_model
+    return DATASETS.register(name, aliases=aliases)
+
+
+def default_model(dataset: str) -> str:
+    """The default model of ``dataset`` (aliases resolved; :data:`FALLBACK_MODEL` for an unknown name, which
+    the run then refuses with the list of datasets)."""
+    try:
+        return DEFAULT_MODELS.get(DATASETS.canonical(dataset), FALLBACK_MODEL)
+    except Exception:  # an unknown name: the loader lookup reports it, with a close match
+        return FALLBACK_MODEL
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
@@ -36,4 +54,4 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, *, downl
 # Importing the modules runs their decorators.
 from nlbench.datasets import binary, cifar, cifar_jpeg, clothing1m, fashion_mnist, synthetic  # noqa: E402,F401
 
-__all__ = ["DATASETS", "Dataset", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DATASETS", "Dataset", "default_model", "list_datasets", "load_dataset", "register_dataset"]

@@ -32,7 +32,7 @@ def _pair(classes: str | list | tuple) -> tuple[int, int]:
     return pair
 
 
-@register_dataset("fashion-mnist-binary")
+@register_dataset("fashion-mnist-binary", default_model="mlp")
 def fashion_mnist_binary(root: Path | None, download: bool = False, *, classes: str | list | tuple = DEFAULT_PAIR,
                          n_train: Annotated[int, Range(2, 60000)] | None = 2000,
                          seed: Annotated[int, Range(0, 2**63 - 1)] = 0) -> Dataset:

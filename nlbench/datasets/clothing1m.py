@@ -121,7 +121,7 @@ def _decode_split(split: ImageListSplit, size: int) -> np.ndarray:
     return out
 
 
-@register_dataset("clothing1m")
+@register_dataset("clothing1m", default_model="resnet50")
 def clothing1m(root: Path | None, download: bool = False, image_size: Annotated[int, Range(1, 4096)] = 224,
                max_per_split: Annotated[int, Range(1, 10**7)] | None = None,
                max_bytes: Annotated[int, Range(1, 2**50)] = 16 * 2**30) -> Dataset:

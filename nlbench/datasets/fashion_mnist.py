@@ -100,7 +100,7 @@ def _find_folder(root: Path | None, download: bool) -> Path:
     raise DataError(f"missing data file {where / missing}{also}: {FIX}")
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", default_model="lenet")
 def fashion_mnist(root: Path | None, download: bool = False,
                   train_size: Annotated[int, Range(10, 60000)] | None = None) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28x28 images of 10 clothing classes.

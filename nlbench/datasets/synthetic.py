@@ -33,7 +33,7 @@ def gaussian_mixture(n: int, d: int, num_classes: int, rng: np.random.Generator,
     return x.astype(np.float32), y.astype(np.int64), centers
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", default_model="mlp")
 def synthetic(root: Path | None = None, download: bool = False, *,
               n_train: Annotated[int, Range(1, 10**6)] = 2000, n_test: Annotated[int, Range(1, 10**6)] = 500,
               dim: Annotated[int, Range(1, 10**5)] = 16, num_classes: Annotated[int, Range(2, 1000)] = 4,
