@@ -19,7 +19,7 @@ from nlbench.datasets.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_C
 from nlbench.datasets.cifar_jpeg import cifar10_jpeg, recover_cifar10_order
 from nlbench.datasets.cifarn import CIFAR10N_NOISES, load_cifar_n
 from nlbench.datasets.clothing1m import CLOTHING1M_CLASSES, read_clothing1m_lists
-from nlbench.errors import DataError
+from nlbench.errors import DataError, NLBenchError
 
 SHARED = Path("/work/shared/data")
 PER_BATCH = 3  # fake CIFAR-10: 5 x 3 training images + 3 test images
@@ -464,3 +464,36 @@ def test_clothing1m_errors(tmp_path):
     (tmp_path / "clothing1m" / "images" / "0" / "00" / "1000.jpg").unlink()
     with pytest.raises(DataError, match="missing Clothing1M image .*1000.jpg"):
         load_dataset("clothing1m", tmp_path, image_size=8)
+
+
+def test_clothing1m_meta_set_comes_from_the_clean_training_list(tmp_path):
+    """The meta set of a Clothing1M run is drawn from the human-verified clean list with its clean labels, never
+    carved from the noisy training labels (which then give only the validation split and the pool)."""
+    from nlbench.benchmark.config import RunConfig
+    from nlbench.benchmark.harness import noisy_pool, to_device
+
+    folder = tmp_path / "clothing1m"
+    noisy_paths = [f"images/0/00/{i}.jpg" for i in range(20)]
+    clean_paths = [f"images/1/00/{i}.jpg" for i in range(28)]  # two of each of the 14 classes
+    for i, p in enumerate(noisy_paths + clean_paths):
+        (folder / p).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (10, 10), (i * 5 % 256, 0, 0)).save(folder / p, format="JPEG", quality=95)
+    noisy = {p: i % 14 for i, p in enumerate(noisy_paths)}
+    clean = {p: i // 2 for i, p in enumerate(clean_paths)}
+    (folder / "noisy_label_kv.txt").write_text("".join(f"{p} {y}\n" for p, y in noisy.items()))
+    (folder / "clean_label_kv.txt").write_text("".join(f"{p} {y}\n" for p, y in clean.items()))
+    for name, paths in {"noisy_train": noisy_paths, "clean_train": clean_paths, "clean_val": clean_paths[:2],
+                        "clean_test": clean_paths[:4]}.items():
+        (folder / f"{name}_key_list.txt").write_text("\n".join(paths) + "\n")
+    ds = load_dataset("clothing1m", tmp_path, image_size=8)
+    assert ds.x_meta.shape == (28, 3, 8, 8) and ds.y_meta.tolist() == [i // 2 for i in range(28)]
+    cfg = RunConfig(dataset="clothing1m", model="mlp", noise="clean", meta_size=14, val_size=4)
+    pool = noisy_pool(cfg, ds)
+    data = to_device(pool, ds, torch.device("cpu"))
+    assert len(pool.splits.meta) == 0 and pool.meta_size == 14
+    assert len(pool.splits.pool) + len(pool.splits.val) == 20  # the whole noisy list: nothing carved for meta
+    assert sorted(data.meta_y.tolist()) == list(range(14))  # class-balanced, clean labels
+    for x, y in zip(data.meta_x, data.meta_y, strict=True):  # each meta image is a clean-list image of that label
+        assert any(torch.equal(x, ds.x_meta[j]) for j in (2 * int(y), 2 * int(y) + 1))
+    with pytest.raises(NLBenchError, match="trusted samples for the meta set"):
+        noisy_pool(RunConfig(dataset="clothing1m", model="mlp", noise="clean", meta_size=14 * 3), ds)

@@ -89,6 +89,13 @@ class NoisyPool:
     val_noisy: np.ndarray
     noise_report: dict
     val_noise_report: dict | None
+    #: positions in the dataset's own meta samples (``Dataset.x_meta``) when it provides them; then
+    #: ``splits.meta`` is empty
+    dataset_meta: np.ndarray | None = None
+
+    @property
+    def meta_size(self) -> int:
+        return len(self.splits.meta) if self.dataset_meta is None else len(self.dataset_meta)
 
 
 def noisy_pool(cfg: RunConfig, dataset: Dataset) -> NoisyPool:
@@ -97,7 +104,13 @@ def noisy_pool(cfg: RunConfig, dataset: Dataset) -> NoisyPool:
     spec = parse_noise(cfg.noise)
     y = dataset.y_train.numpy()
     C = dataset.num_classes
-    splits = make_splits(y, C, cfg.meta_size, cfg.val_size, noise_rng(cfg.effective_noise_seed, stream=1))
+    dataset_meta = None
+    if dataset.y_meta is None:
+        splits = make_splits(y, C, cfg.meta_size, cfg.val_size, noise_rng(cfg.effective_noise_seed, stream=1))
+    else:  # the dataset's trusted samples give the meta set; the training split gives validation and pool
+        dataset_meta = make_splits(dataset.y_meta.numpy(), C, cfg.meta_size, 0,
+                                   noise_rng(cfg.effective_noise_seed, stream=4), keep_pool=False).meta
+        splits = make_splits(y, C, 0, cfg.val_size, noise_rng(cfg.effective_noise_seed, stream=1))
     feats_cache: dict[str, np.ndarray] = {}
 
     def features() -> np.ndarray:  # idn only: computed once, lazily
@@ -116,7 +129,7 @@ def noisy_pool(cfg: RunConfig, dataset: Dataset) -> NoisyPool:
     if len(splits.val):
         val_noisy, _ = noisy_labels(splits.val, 3)
         val_report = {"realised_rate": float(np.mean(val_noisy != y[splits.val]))}
-    return NoisyPool(splits, pool_noisy, val_noisy, report, val_report)
+    return NoisyPool(splits, pool_noisy, val_noisy, report, val_report, dataset_meta)
 
 
 def to_device(noisy: NoisyPool, dataset: Dataset, device: torch.device) -> TrainData:
@@ -132,7 +145,9 @@ def to_device(noisy: NoisyPool, dataset: Dataset, device: torch.device) -> Train
 
     return TrainData(
         pool=TrainSet(rows(s.pool), t(noisy.pool_noisy), t(noisy.pool_noisy != y[s.pool])),
-        pool_true=t(y[s.pool]), meta_x=rows(s.meta), meta_y=t(y[s.meta]),
+        pool_true=t(y[s.pool]),
+        meta_x=rows(s.meta) if noisy.dataset_meta is None else t(dataset.x_meta[torch.from_numpy(noisy.dataset_meta)]),
+        meta_y=t(y[s.meta]) if noisy.dataset_meta is None else t(dataset.y_meta.numpy()[noisy.dataset_meta]),
         val_x=rows(s.val), val_y=t(noisy.val_noisy), test_x=t(dataset.x_test), test_y=t(dataset.y_test),
         num_classes=dataset.num_classes,
     )
@@ -241,7 +256,7 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     seen = data if method.uses_meta else replace(data, meta_x=data.meta_x[:0], meta_y=data.meta_y[:0])
     train_set = method.train_set(seen)
     view = FeatureView.create(cfg.record_options, cfg.epochs, cfg.effective_noise_seed, noisy.pool_noisy,
-                              dataset.y_train.numpy()[noisy.splits.pool], len(noisy.splits.meta), dataset.classes)
+                              dataset.y_train.numpy()[noisy.splits.pool], noisy.meta_size, dataset.classes)
     n = len(train_set)
     if n < 2:
         raise NLBenchError(f"method {cfg.method!r} has {n} training samples; nothing to train on")
@@ -385,7 +400,7 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
         "config": cfg.to_dict(), "method_options": method.options(),
         "env": environment(dev), "dataset_info": dict(dataset.info),
         "noise_report": noisy.noise_report, "val_noise_report": noisy.val_noise_report,
-        "sizes": {"pool": len(noisy.splits.pool), "meta": len(noisy.splits.meta), "val": len(noisy.splits.val),
+        "sizes": {"pool": len(noisy.splits.pool), "meta": noisy.meta_size, "val": len(noisy.splits.val),
                   "test": len(dataset.y_test), "train": n},
         "history": history, "final": final,
         "wall_time_s": wall_before + time.perf_counter() - t_start,

@@ -27,22 +27,28 @@ def class_balanced_quota(meta_size: int, num_classes: int, rng: np.random.Genera
 
 
 def make_splits(labels: np.ndarray, num_classes: int, meta_size: int, val_size: int,
-                rng: np.random.Generator) -> Splits:
+                rng: np.random.Generator, *, keep_pool: bool = True) -> Splits:
     """Draw a class-balanced meta set of ``meta_size`` and a random validation split of ``val_size`` from the
     training labels; the rest is the pool. Raises if a class cannot give its share and keep one sample for the
-    pool, or if nothing is left to train on."""
+    pool, or if nothing is left to train on. ``keep_pool=False`` draws only a meta set (a dataset's own trusted
+    samples, see ``Dataset.x_meta``), which may use every sample of a class."""
     labels = np.asarray(labels)
     n = len(labels)
     counts = np.bincount(labels, minlength=num_classes)
     quota = class_balanced_quota(meta_size, num_classes, rng)
-    short = [c for c in range(num_classes) if quota[c] >= counts[c] and quota[c] > 0]
+    spare = 1 if keep_pool else 0
+    short = [c for c in range(num_classes) if quota[c] + spare > counts[c] and quota[c] > 0]
     if short:
         c = short[0]
+        what = "training samples" if keep_pool else "trusted samples for the meta set"
+        most = max(int(counts.min()) - spare, 0)
         raise NLBenchError(f"meta size {meta_size} needs {quota[c]} samples of class {c}, which has only "
-                           f"{counts[c]} training samples (at most {max(int(counts.min()) - 1, 0)} per class possible)")
+                           f"{counts[c]} {what} (at most {most} per class possible)")
     meta = np.concatenate([rng.choice(np.flatnonzero(labels == c), size=quota[c], replace=False)
                            for c in range(num_classes)]).astype(np.int64)
     rest = np.setdiff1d(np.arange(n), meta)
+    if not keep_pool:
+        return Splits(np.sort(meta), np.zeros(0, dtype=np.int64), rest.astype(np.int64))
     if val_size >= len(rest):
         raise NLBenchError(f"val size {val_size} leaves no training samples ({len(rest)} after the meta set)")
     val = np.sort(rng.choice(rest, size=val_size, replace=False)).astype(np.int64)

@@ -43,6 +43,11 @@ class Dataset:
     human_labels: dict[str, Callable[[], np.ndarray]] = field(default_factory=dict)
     #: Free-form facts for the record (source path, caveats such as "JPEG copy").
     info: dict[str, str] = field(default_factory=dict)
+    #: Trusted samples the dataset itself provides for the clean meta set (Clothing1M: its human-verified clean
+    #: training list). When set, the meta set is drawn from them, class-balanced, instead of being carved from
+    #: the training split, whose labels may be noisy.
+    x_meta: torch.Tensor | None = None
+    y_meta: torch.Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +60,9 @@ class Dataset:
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise DataError(f"{self.name}: images and labels differ in length")
+        if (self.x_meta is None) != (self.y_meta is None) or (
+                self.x_meta is not None and len(self.x_meta) != len(self.y_meta)):
+            raise DataError(f"{self.name}: the meta samples need images and labels of the same length")
 
 
 def balanced_subsample(y: np.ndarray, n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:

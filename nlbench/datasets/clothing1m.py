@@ -128,7 +128,8 @@ def clothing1m(root: Path | None, download: bool = False, image_size: Annotated[
     """Clothing1M (Xiao et al. 2015): 1M web images of 14 clothing classes with real noisy labels.
 
     Reads the official list files in ``<root>/clothing1m/`` (no download: the set is available from its
-    authors). Train split: the noisy training list with noisy labels; test split: the clean test list. Images
+    authors). Train split: the noisy training list with noisy labels; test split: the clean test list; the meta
+set is drawn from the human-verified clean training list (``Dataset.x_meta``), never from the noisy labels. Images
     are resized (shorter side) and centre-cropped to ``image_size``; ``max_per_split`` keeps the first N of each
     list. Holding all 1M images at 224x224 needs ~150 GB, so loads over ``max_bytes`` are refused. The clean
     training and validation lists are named in ``info``; :func:`read_clothing1m_lists` returns them in full.
@@ -142,9 +143,11 @@ def clothing1m(root: Path | None, download: bool = False, image_size: Annotated[
         raise DataError(f"clothing1m: image_size must be positive, not {image_size}")
     lists = read_clothing1m_lists(root)
     train, test = lists["noisy_train"].head(max_per_split), lists["clean_test"].head(max_per_split)
-    need = (len(train) + len(test)) * 3 * image_size**2
+    trusted = lists["clean_train"].head(max_per_split)
+    need = (len(train) + len(test) + len(trusted)) * 3 * image_size**2
     if need > max_bytes:
-        raise DataError(f"clothing1m: {len(train)} + {len(test)} images at {image_size}x{image_size} need "
+        raise DataError(f"clothing1m: {len(train)} + {len(test)} + {len(trusted)} images at "
+                        f"{image_size}x{image_size} need "
                         f"{need / 2**30:.1f} GiB in memory (limit {max_bytes / 2**30:.1f} GiB): pass "
                         "max_per_split or a smaller image_size")
     folder = root / "clothing1m"
@@ -154,6 +157,8 @@ def clothing1m(root: Path | None, download: bool = False, image_size: Annotated[
         y_train=torch.from_numpy(train.labels.copy()),
         x_test=torch.from_numpy(_decode_split(test, image_size)),
         y_test=torch.from_numpy(test.labels.copy()),
+        x_meta=torch.from_numpy(_decode_split(trusted, image_size)),
+        y_meta=torch.from_numpy(trusted.labels.copy()),
         classes=list(CLOTHING1M_CLASSES),
         mean=CLOTHING1M_MEAN,
         std=CLOTHING1M_STD,
