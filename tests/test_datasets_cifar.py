@@ -497,3 +497,15 @@ def test_clothing1m_meta_set_comes_from_the_clean_training_list(tmp_path):
         assert any(torch.equal(x, ds.x_meta[j]) for j in (2 * int(y), 2 * int(y) + 1))
     with pytest.raises(NLBenchError, match="trusted samples for the meta set"):
         noisy_pool(RunConfig(dataset="clothing1m", model="mlp", noise="clean", meta_size=14 * 3), ds)
+    # its training labels are the real noisy ones: no synthetic noise on top, no oracle, no weight telemetry
+    assert ds.true_labels is False
+    with pytest.raises(NLBenchError, match="real noisy labels and no true ones"):
+        noisy_pool(RunConfig(dataset="clothing1m", model="mlp", noise="sym20", meta_size=14), ds)
+    from nlbench.benchmark.harness import train
+
+    with pytest.raises(NLBenchError, match="reads the true labels"):
+        train(RunConfig(dataset="clothing1m", model="mlp", method="oracle", meta_size=14, epochs=1), dataset=ds,
+              device="cpu")
+    rec = train(RunConfig(dataset="clothing1m", model="mlp", method="surrogate", meta_size=14, epochs=1,
+                          batch_size=8), dataset=ds, device="cpu")
+    assert rec["status"] == "ok" and "w_auroc" not in rec["history"][0] and rec["sizes"]["meta"] == 14

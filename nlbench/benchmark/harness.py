@@ -102,6 +102,9 @@ def noisy_pool(cfg: RunConfig, dataset: Dataset) -> NoisyPool:
     """Carve the meta set and validation split (before noise), then apply the noise to the pool and, with an
     independent stream, to the validation split. Everything is drawn from the noise seed."""
     spec = parse_noise(cfg.noise)
+    if not dataset.true_labels and spec.name != "clean":
+        raise NLBenchError(f"dataset {dataset.name!r} has real noisy labels and no true ones: run it with "
+                           f"--noise clean, not {spec.name!r}")
     y = dataset.y_train.numpy()
     C = dataset.num_classes
     dataset_meta = None
@@ -249,6 +252,9 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     if dataset is None:
         dataset = load_dataset(cfg.dataset, data_root, download=download, **cfg.dataset_options)
     method = create_method(cfg.method, **cfg.method_options)
+    if method.oracle and not dataset.true_labels:
+        raise NLBenchError(f"method {cfg.method!r} reads the true labels, which dataset {dataset.name!r} does not "
+                           "have")
     noisy = noisy_pool(cfg, dataset)
     data = to_device(noisy, dataset, dev)
     # Enforced, not trusted: a method that does not declare the meta set never sees it (the feature view, which
@@ -366,7 +372,7 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
             entry = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "epoch_time_s": epoch_time,
                      "test_acc": evaluate(judged, data.test_x, data.test_y, prep, autocast),
                      "val_acc": evaluate(judged, data.val_x, data.val_y, prep, autocast)}
-            if method.reweights:
+            if method.reweights and dataset.true_labels:  # which samples are noisy needs the truth
                 persistent = method.sample_weights()
                 w = persistent if persistent is not None else weights_seen
                 entry.update(weight_telemetry(w.detach().float().cpu().numpy(), is_noisy.cpu().numpy()))

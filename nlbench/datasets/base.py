@@ -43,6 +43,10 @@ class Dataset:
     human_labels: dict[str, Callable[[], np.ndarray]] = field(default_factory=dict)
     #: Free-form facts for the record (source path, caveats such as "JPEG copy").
     info: dict[str, str] = field(default_factory=dict)
+    #: Whether ``y_train`` holds the true labels (False: only the observed, already noisy labels are known, as
+    #: for Clothing1M; then no synthetic noise is added, no oracle runs and no weight telemetry is recorded,
+    #: because all three need the truth).
+    true_labels: bool = True
     #: Trusted samples the dataset itself provides for the clean meta set (Clothing1M: its human-verified clean
     #: training list). When set, the meta set is drawn from them, class-balanced, instead of being carved from
     #: the training split, whose labels may be noisy.

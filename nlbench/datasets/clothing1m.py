@@ -157,6 +157,7 @@ set is drawn from the human-verified clean training list (``Dataset.x_meta``), n
         y_train=torch.from_numpy(train.labels.copy()),
         x_test=torch.from_numpy(_decode_split(test, image_size)),
         y_test=torch.from_numpy(test.labels.copy()),
+        true_labels=False,
         x_meta=torch.from_numpy(_decode_split(trusted, image_size)),
         y_meta=torch.from_numpy(trusted.labels.copy()),
         classes=list(CLOTHING1M_CLASSES),
