@@ -67,7 +67,7 @@ def test_run_help_shows_the_defaults():
     flat = " ".join(res.stdout.replace("│", " ").split())
     assert "Dataset name [default: fashion-mnist]." in flat and "Dataset name ." not in flat
     for text in ("Training epochs [default: 3].", "Batch size [default: 128].", "SGD momentum [default: 0.9].",
-                 "Weight decay [default: 5e-4].", "Clean meta-set size, carved before noise [default: 1000]."):
+                 "Weight decay [default: 0.0005].", "Clean meta-set size, carved before noise [default: 1000]."):
         assert text in flat, text
     assert not re.search(r"\w \.", flat), re.search(r".{20}\w \..{5}", flat).group(0)
 

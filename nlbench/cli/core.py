@@ -270,6 +270,7 @@ def _method_rows() -> list[tuple[str, ...]]:
 
 
 def _noise_rows() -> list[tuple[str, ...]]:
+    import nlbench.datasets  # noqa: F401  (datasets register the human label sets they supply)
     from nlbench.noise import NOISES, list_noises
 
     return [(n, _first_line(NOISES.get(n.removesuffix("NN")).generate)) for n in list_noises()]

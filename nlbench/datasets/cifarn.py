@@ -19,6 +19,7 @@ import numpy as np
 
 from nlbench.datasets.safe_pickle import _CORRUPT, LoadLimits, _check_file, _read_torch_zip, as_labels
 from nlbench.errors import DataError
+from nlbench.noise.human import register_label_set
 
 CIFAR_N_FIX = "place it there from the public repository UCSC-REAL/cifar-10-100n (data/)"
 CIFAR_N_REPLACE = "replace it with the original from the public repository UCSC-REAL/cifar-10-100n (data/)"
@@ -32,6 +33,9 @@ CIFAR10N_NOISES = {
     "cifar10n-rand3": "random_label3",
 }
 CIFAR100N_NOISES = {"cifar100n": "noisy_label"}
+# the label sets are noise kinds that this dataset supplies (the noise package knows no dataset)
+for _name in (*CIFAR10N_NOISES, *CIFAR100N_NOISES):
+    register_label_set(_name, "CIFAR-N, Wei et al. 2022")
 CIFAR10N_KEYS = ("clean_label", "aggre_label", "worse_label", "random_label1", "random_label2", "random_label3")
 CIFAR100N_KEYS = ("clean_label", "noisy_label")
 
