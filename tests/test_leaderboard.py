@@ -340,3 +340,21 @@ def test_method_label_leaves_the_presets_own_options_out():
     short = RunConfig(method="surrogate", noise="sym50", method_options={"alpha": 3.0})
     assert method_label({"method": "surrogate", "dataset": short.dataset, "model": short.model,
                          "config": short.to_dict()}) == "surrogate[alpha=3.0]"
+
+
+def test_a_method_without_a_result_somewhere_is_left_out_of_the_ranks_not_the_settings():
+    """l2rw diverging on one noise must not shrink the ranking of the others to the settings it survived."""
+    from nlbench.benchmark.leaderboard import build_tables, render_leaderboard
+
+    recs = []
+    for noise, base in (("sym20", 0.8), ("sym40", 0.7), ("pairflip40", 0.6)):
+        for seed in (0, 1):
+            recs += [make_record("erm", noise, seed, base), make_record("gce", noise, seed, base + 0.05),
+                     make_record("sce", noise, seed, base + 0.02)]
+            recs.append(make_record("l2rw", noise, seed, None if noise == "sym40" else base + 0.1,
+                                    status="failed" if noise == "sym40" else "ok"))
+    t = build_tables(recs)
+    assert set(t.ranks["method"]) == {"erm", "gce", "sce"} and int(t.tests.iloc[0]["n_settings"]) == 3
+    text = render_leaderboard(recs)
+    assert "Not ranked, for lack of a result in some settings (every run failed there): l2rw (1 of 3)." in text
+    assert "Ranks over the 3 noisy settings where all 3 ranked methods have a result" in text

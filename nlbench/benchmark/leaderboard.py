@@ -295,11 +295,21 @@ def build_tables(records: Iterable[dict], alpha: float = 0.05) -> Tables:
         scores = scores.reindex(index=sorted(scores.index, key=noise_sort_key), columns=sorted(scores.columns))
         if scores.shape[1] == 0:
             continue
+        # Friedman needs complete blocks. A method without a result in some setting (every run diverged) is left
+        # out of the ranking, rather than dropping the setting for all: one failing method must not shrink the
+        # comparison of the others to the few settings it survived.
+        gaps, n_noisy = scores.isna().sum(), int(scores.shape[0])
+        unranked = {m: int(n) for m, n in gaps.items() if n > 0}
+        if 0 < len(unranked) <= scores.shape[1] - 2:
+            scores = scores.drop(columns=list(unranked))
+        else:
+            unranked = {}
         ranks = stats.average_ranks(scores)
         complete = scores.dropna(axis=0, how="any")
         chi2, p, n_set, k = stats.friedman(scores)
         cd = stats.nemenyi_cd(k, n_set, alpha) if k >= 2 and n_set >= 1 else math.nan
-        test_rows.append({"section": sid, "chi2": chi2, "p": p, "n_settings": n_set, "k_methods": k, "cd": cd})
+        test_rows.append({"section": sid, "chi2": chi2, "p": p, "n_settings": n_set, "k_methods": k, "cd": cd,
+                          "unranked": unranked, "settings": n_noisy})
         times = sc.pivot(index="noise", columns="method", values="epoch_time")
         for method in scores.columns:
             cost = math.nan
@@ -311,7 +321,8 @@ def build_tables(records: Iterable[dict], alpha: float = 0.05) -> Tables:
                               "mean_acc": float(complete[method].mean()) if len(complete) else math.nan,
                               "n_settings": n_set, "cost": cost})
     ranks_df = pd.DataFrame(rank_rows, columns=["section", "method", "avg_rank", "mean_acc", "n_settings", "cost"])
-    tests_df = pd.DataFrame(test_rows, columns=["section", "chi2", "p", "n_settings", "k_methods", "cd"])
+    tests_df = pd.DataFrame(test_rows, columns=["section", "chi2", "p", "n_settings", "k_methods", "cd", "unranked",
+                                                "settings"])
     sections_df = pd.DataFrame(section_rows, columns=["section", "slug", "protocol", "seeds", "hashes"])
     return Tables(runs, cells_df, ranks_df, tests_df, sections_df)
 
@@ -553,6 +564,10 @@ def _ranks_section(t: Tables, section: str, cells: pd.DataFrame, plots_dir: str,
             "Critical-difference diagram: " + NO_PLOTS
         out.append(f"Nemenyi critical difference (α = {alpha}): CD = {tr['cd']:.3f}; average ranks further apart than "
                    f"this differ significantly. {diagram}")
+    unranked = tr["unranked"] if isinstance(tr["unranked"], dict) else {}
+    if unranked:
+        out.append("Not ranked, for lack of a result in some settings (every run failed there): " + ", ".join(
+            f"{md_escape(m)} ({n} of {int(tr['settings'])})" for m, n in sorted(unranked.items())) + ".")
     if oracles:
         tags = dict(zip(cells["method"], cells["tag"], strict=True))
         out.append("Not ranked: " + ", ".join(_name(md_escape(m), tags[m]) for m in oracles) +
