@@ -88,7 +88,7 @@ CASES: tuple[Case, ...] = (
     Case("ckpt-negative", "negative checkpoint interval", ("run", *SYN, "--checkpoint-every", "-1"),
          "Invalid value for '--checkpoint-every'"),
     Case("ckpt-nan", "NaN checkpoint interval", ("run", *SYN, "--checkpoint-every", "nan"),
-         "--checkpoint-every must be a finite number of seconds, got nan (--no-checkpoint writes none)"),
+         "Invalid value for '--checkpoint-every'"),
     Case("phases-width", "phases: a 10^9-wide network", ("phases", "--out", "ph", "--width", "1000000000"),
          "phases: width must be in [2, 65536], got 1000000000"),
     Case("phases-iter", "phases: 10^12 iterations", ("phases", "--out", "ph", "--iterations", "1000000000000"),
