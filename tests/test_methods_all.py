@@ -73,3 +73,14 @@ def test_gce_loss_value():
         assert out.loss.item() == pytest.approx((1 - 0.25 ** q) / q, rel=1e-6)
         assert out.weights is None
     assert create_method("gce").options() == {"q": 0.7}
+
+
+@pytest.mark.parametrize("name", [m for m in list_methods() if get_method(m).uses_meta])
+def test_every_meta_method_refuses_an_empty_meta_set(name):
+    """One check in Method.setup serves every method that declares uses_meta (clean-only trains on the meta set
+    itself, so the harness's empty-training-set check answers first)."""
+    from nlbench.errors import NLBenchError
+
+    expected = "has 0 training samples" if name == "clean-only" else f"method '{name}' needs a clean meta set"
+    with pytest.raises(NLBenchError, match=expected):
+        train(tiny_config(name, meta_size=0), device="cpu")

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from nlbench.errors import NLBenchError
 from nlbench.registry import Registry
 
 
@@ -189,7 +190,10 @@ class Method:
         return data.pool
 
     def setup(self, ctx: MethodContext) -> None:
-        """Called once before training, after :meth:`train_set`."""
+        """Called once before training, after :meth:`train_set`. A method that ``uses_meta`` is refused an empty
+        meta set here, once for all of them."""
+        if self.uses_meta and len(ctx.meta_y) == 0:
+            raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
         self.ctx = ctx
 
     def networks(self) -> list[nn.Module]:

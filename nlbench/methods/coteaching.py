@@ -173,8 +173,6 @@ class CoTeachingMeta(CoTeaching):
         super().__init__(tk=tk)
 
     def initial_forget_rate(self, ctx: MethodContext) -> float | None:
-        if len(ctx.meta_y) == 0:
-            raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
         return None  # r(0) = 0 in the first epoch anyway; estimated at its end
 
     def meta_probs(self, model: nn.Module) -> torch.Tensor:

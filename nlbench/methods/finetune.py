@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlbench.errors import NLBenchError
 from nlbench.methods.base import Batch, Method, MethodContext, StepOutput, register_method
 from nlbench.options import Range
 
@@ -39,8 +38,6 @@ class FineTune(Method):
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        if len(ctx.meta_y) == 0:
-            raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
         k = self.finetune_epochs if self.finetune_epochs is not None else max(1, round(ctx.epochs / 5))
         self.first_finetune_epoch = max(1, ctx.epochs - k + 1) if ctx.epochs > 1 else 1
 

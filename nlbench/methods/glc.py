@@ -45,7 +45,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlbench.errors import NLBenchError
 from nlbench.methods.base import Batch, MethodContext, StepOutput, register_method
 from nlbench.methods.loss_correction import TransitionCorrected, class_mean_transition, forward_corrected_loss
 from nlbench.options import Range
@@ -69,8 +68,6 @@ class GLC(TransitionCorrected):
         super().__init__(warmup=warmup, reinit=reinit)
 
     def setup(self, ctx: MethodContext) -> None:
-        if len(ctx.meta_y) == 0:
-            raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
         super().setup(ctx)
         n, m = ctx.num_train, len(ctx.meta_y)
         self.pool_share, self.trusted_share = n / (n + m), m / (n + m)

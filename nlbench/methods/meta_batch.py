@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import torch
 
-from nlbench.errors import NLBenchError
 from nlbench.methods.base import Method, MethodContext
 from nlbench.options import Range
 
@@ -32,8 +31,6 @@ class MetaBatchMethod(Method):
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        if len(ctx.meta_y) == 0:
-            raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
         if self.meta_batch is None:
             self.meta_batch = ctx.batch_size
 

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlbench.errors import NLBenchError
 from nlbench.methods.base import Batch, Method, MethodContext, StepOutput, register_method
 from nlbench.options import Choice, Range
 
@@ -171,8 +170,6 @@ class Surrogate(Method):
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        if len(ctx.meta_y) == 0:
-            raise NLBenchError(f"method {self.name!r} needs a clean meta set; use --meta-size > 0")
         self.w = torch.full((ctx.num_train,), self.w0, device=ctx.device)
         self._abs_ema = torch.zeros((), device=ctx.device)
         self._ema_steps = 0
