@@ -9,23 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from fixed_logits import Fixed  # tests/ is on sys.path under pytest
 
 from nlbench.benchmark.harness import nominal_rate, train
 from nlbench.errors import NLBenchError
 from nlbench.methods import Batch, MethodContext, create_method, get_method
 from nlbench.methods.coteaching import coteaching_select, forget_rate_at, kept_count, meta_noise_rate, resolve_tk
 from tests.test_methods_all import tiny_config
-
-
-class Fixed(torch.nn.Module):
-    """Returns fixed logits (a leaf with gradients) whatever the input; the batch is the logits' rows."""
-
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32))
-
-    def forward(self, x):
-        return self.logits[: len(x)]
 
 
 class Passthrough(torch.nn.Module):

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fixed_logits import Fixed  # tests/ is on sys.path under pytest
 
 from nlbench.benchmark import harness
 from nlbench.benchmark.harness import train
@@ -124,15 +125,6 @@ def test_semi_loss_hand_case():
     logits = torch.tensor([[math.log(4.0), 0.0]] * 2)
     _, _, reg = semi_loss(logits, targets[:2], torch.ones(2, dtype=torch.bool))
     assert reg.item() == pytest.approx(0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2), rel=1e-5)
-
-
-class Fixed(torch.nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32))
-
-    def forward(self, x):
-        return self.logits[: len(x)]
 
 
 def test_ensemble_is_log_mean_softmax():

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from fixed_logits import Fixed  # tests/ is on sys.path under pytest
 
 from nlbench.errors import NLBenchError
 from nlbench.methods import Batch, MethodContext, create_method
@@ -49,15 +50,6 @@ def test_elr_step_keeps_per_sample_targets():
     out = m.step(Batch(torch.randn(2, 2), torch.tensor([0, 1]), torch.tensor([3, 1]), 0.1, 0, 1), model)
     assert torch.isfinite(out.loss)
     assert m.targets[[0, 2, 4]].abs().sum() == 0 and (m.targets[[1, 3]].sum(1) - 0.3).abs().max() < 1e-6
-
-
-class Fixed(torch.nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32))
-
-    def forward(self, x):
-        return self.logits[: len(x)]
 
 
 def setup_elr(model, num_train=4, num_classes=2, **opts):
