@@ -7,6 +7,16 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, candidates: Iterable[str], *, cutoff: float = 0.5) -> str:
+    """`` Did you mean 'x'?`` for the closest candidate to a mistyped ``name`` (empty if none is close), the
+    hint every "unknown name" message carries."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
 
 class NLBenchError(Exception):
     """A user-facing error: the CLI prints ``str(err)`` and exits with code 2."""

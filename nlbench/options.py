@@ -13,7 +13,6 @@ and applies the ranges. Every failure is one :class:`~nlbench.errors.NLBenchErro
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import numbers
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nlbench.errors import NLBenchError
+from nlbench.errors import NLBenchError, did_you_mean
 
 __all__ = ["Choice", "Range", "bind_options", "check_value"]
 
@@ -194,8 +193,7 @@ def bind_options(fn: Callable, options: dict[str, Any], owner: str, *, skip: tup
             if accepts_any:
                 out[key] = value
                 continue
-            close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, params)
             raise NLBenchError(f"unknown option {key!r} for {owner}.{hint} Valid: {', '.join(params) or 'none'}")
         out[key] = check_value(f"{owner}: option {key}", value, hints.get(key, Any))
     return out

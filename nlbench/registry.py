@@ -6,12 +6,11 @@ of valid names and the closest match (as cleanlab's factories do).
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from nlbench.errors import UnknownNameError
+from nlbench.errors import UnknownNameError, did_you_mean
 
 T = TypeVar("T")
 
@@ -52,8 +51,7 @@ class Registry(Generic[T]):
         if name in self._aliases:
             return self._aliases[name]
         valid = sorted(self._items)
-        close = difflib.get_close_matches(name, valid + sorted(self._aliases), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, valid + sorted(self._aliases))
         raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(valid)}")
 
     def get(self, name: str) -> T:

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from nlbench.benchmark.config import RunConfig
 from nlbench.cli import app, console, user_errors
-from nlbench.errors import NLBenchError
+from nlbench.errors import NLBenchError, did_you_mean
 
 noise_app = typer.Typer(help="Inspect noise specs.", no_args_is_help=True)
 app.add_typer(noise_app, name="noise")
@@ -144,8 +144,6 @@ MAX_CONFIG_BYTES = 1 << 20
 def read_run_config(path: Path) -> dict[str, Any]:
     """The settings of a ``--config`` TOML file: RunConfig keys (``milestones`` as a list) and ``preset``.
     Unknown keys are refused with the valid ones and a close match."""
-    import difflib
-
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -160,8 +158,7 @@ def read_run_config(path: Path) -> dict[str, Any]:
     valid = sorted(set(RUN_KEYS) | {"preset"})
     for key in table:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, valid, cutoff=0.6)
             raise NLBenchError(f"--config {path}: unknown key {key!r}.{hint} Valid: {', '.join(valid)}")
     if isinstance(table.get("milestones"), list):
         table["milestones"] = tuple(table["milestones"])
