@@ -32,3 +32,16 @@ def die_once_then_run(marker: str, payload: dict) -> dict:
 
     harness.evaluate = evaluate  # the process dies with this patch: no later task sees it
     return run_one(payload)
+
+
+def record_pid_then_hang(pidfile: str, payload: dict) -> dict:
+    """Write this worker's pid to ``pidfile`` (atomically), then sleep far longer than any test: a run that
+    only its driver's death can end."""
+    import time
+
+    tmp = f"{pidfile}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(tmp, pidfile)
+    time.sleep(3600)
+    return {}

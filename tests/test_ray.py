@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -85,8 +87,13 @@ def ray_head():
     """``127.0.0.1:PORT`` of a 2-CPU Ray head started for this session, stopped at its end."""
     port = free_port()
     temp_dir = tempfile.mkdtemp(prefix="nlray")  # short: Ray's unix socket paths must stay under 108 bytes
-    env = {**os.environ, **RAY_ENV}
-    env.pop("RAY_ADDRESS", None)
+    # The head requires a token of its own (as `ray start` does whenever one is available), so the tests neither
+    # depend on ~/.ray/auth_token nor skip the driver's token handling.
+    token = Path(temp_dir) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, **RAY_ENV, "RAY_AUTH_TOKEN_PATH": str(token)}
+    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        env.pop(key, None)
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats",
            "--temp-dir", temp_dir]
@@ -101,7 +108,9 @@ def ray_head():
         with pytest.MonkeyPatch.context() as mp:  # the driver (this process) must keep 127.0.0.1 too
             for key, value in RAY_ENV.items():
                 mp.setenv(key, value)
-            mp.delenv("RAY_ADDRESS", raising=False)
+            mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+            for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # restored (unset) at teardown
+                mp.delenv(key, raising=False)
             # read from the environment when ray was imported, i.e. before this fixture ran
             mp.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
             yield f"127.0.0.1:{port}"
@@ -324,3 +333,62 @@ def test_cli_wrong_address_fails_fast(ray_head, tmp_path):
                                         "check --ray-address and that `ray start --head` runs there"]
     assert proc.stdout == ""  # failed on the refusal ("Connection refused"), not after waiting for a cluster
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing claimed
+
+
+#: A driver that submits one never-ending run and waits for it (killed by the test below).
+HANGING_DRIVER = """
+import functools, sys
+import ray, ray_helpers
+from nlbench.benchmark.ray_executor import RayExecutor
+
+address, pidfile = sys.argv[1:]
+ray.cloudpickle.register_pickle_by_value(ray_helpers)
+executor = RayExecutor(address=address, task=functools.partial(ray_helpers.record_pid_then_hang, pidfile))
+for _ in executor.run([{"config": {}, "device": "cpu"}]):
+    pass
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has finished; only its parent's reaping is left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_driver(ray_head, tmp_path):
+    # A run whose driver is gone would train for nobody (only the driver writes records): Ray must end it.
+    pidfile = tmp_path / "worker.pid"
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(Path(__file__).parent)}
+    driver = subprocess.Popen([sys.executable, "-c", HANGING_DRIVER, ray_head, str(pidfile)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not pidfile.exists():
+            assert driver.poll() is None, driver.communicate()[0]
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.2)
+        worker = int(pidfile.read_text())
+        assert _alive(worker)
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 60
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(worker), "the worker still runs its task 60 s after its driver was SIGKILLed"
+
+
+def test_cli_wrong_token_is_one_line(ray_head, tmp_path):
+    env = {**os.environ, **RAY_ENV, "RAY_AUTH_TOKEN": "0" * 64}  # takes precedence over RAY_AUTH_TOKEN_PATH
+    proc = subprocess.run([str(VENV_BIN / "nlbench"), *CLI_GRID, "--results-dir", str(tmp_path), "--executor", "ray",
+                           "--ray-address", ray_head], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.splitlines()[-1]  # Ray's own retry warnings come first
+    assert last.startswith(f"error: cannot connect to Ray at {ray_head}: "), proc.stderr
+    assert last.endswith("if the cluster uses token authentication, give its token in RAY_AUTH_TOKEN or "
+                         "RAY_AUTH_TOKEN_PATH"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

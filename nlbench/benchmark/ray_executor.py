@@ -8,6 +8,9 @@ Ray up to ``max_retries`` times; an exception raised by the run itself (a user e
 and is handed to the driver. Because only the driver writes records, keyed by config hash, a retried run never
 produces a second record.
 
+When the driver dies, even by SIGKILL, Ray ends the job and kills the workers running its tasks (measured with
+Ray 2.60: within seconds; ``tests/test_ray.py`` checks it), so no run goes on training for nobody.
+
 Connecting never hangs: before :func:`ray.init` the address is resolved the way Ray resolves it and probed
 with a plain TCP connect plus an HTTP/2 preface (the GCS is a gRPC server), each bounded by
 ``connect_timeout_s``, so a wrong host, a closed port or a port owned by another service fails in seconds
@@ -101,6 +104,26 @@ def resolve_address(address: str) -> str | None:
         raise NLBenchError(f"bad --ray-address {address!r}: {e}") from None
 
 
+def adopt_token_auth() -> None:
+    """Before connecting to a running cluster, turn on token authentication the way ``ray start`` does: when
+    ``RAY_AUTH_MODE`` is unset and a token is available (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``). ``ray.init`` does not (Ray 2.60), so once any local ``ray.init`` has written
+    ``~/.ray/auth_token``, a head started with ``ray start`` on that machine requires a token that the driver
+    would not send. A Ray without this (private) helper is left as it is."""
+    try:
+        from ray._private.authentication import authentication_token_setup as auth
+    except ImportError:
+        return
+    log = logging.getLogger(auth.__name__)
+    level = log.level
+    log.setLevel(logging.ERROR)  # Ray warns that auth is on; the user gave no sign of wanting to hear it here
+    try:
+        with contextlib.suppress(Exception):
+            auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        log.setLevel(level)
+
+
 def nlbench_run(task: Callable[[dict], dict], payload: dict) -> dict:
     """The body of every Ray task (``ray::nlbench_run`` in ``ray status`` and the worker logs)."""
     return task(payload)
@@ -164,6 +187,7 @@ class RayExecutor:
             target, init_address = resolve_address(self.address), self.address
         if target is not None:
             probe_gcs(*split_host_port(target), timeout=self.connect_timeout_s)
+            adopt_token_auth()
         try:
             # Worker output stays in the session logs on each node: interleaved into the driver it would
             # tear the progress bar, and a run's failure comes back as its exception anyway.
@@ -171,7 +195,9 @@ class RayExecutor:
                      **({"include_dashboard": False} if init_address == "local" else {}))
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise NLBenchError(f"cannot connect to Ray at {self.address or 'a new local instance'}: {first}") \
+            hint = ("; if the cluster uses token authentication, give its token in RAY_AUTH_TOKEN or "
+                    "RAY_AUTH_TOKEN_PATH") if target is not None else ""
+            raise NLBenchError(f"cannot connect to Ray at {self.address or 'a new local instance'}: {first}{hint}") \
                 from None
         self._connected = True
         try:
