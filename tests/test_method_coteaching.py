@@ -4,7 +4,6 @@ hand cases, the flags, and runs through the harness."""
 from __future__ import annotations
 
 import contextlib
-import math
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from fixed_logits import Fixed  # tests/ is on sys.path under pytest
 from nlbench.benchmark.harness import nominal_rate, train
 from nlbench.errors import NLBenchError
 from nlbench.methods import Batch, MethodContext, create_method, get_method
-from nlbench.methods.coteaching import coteaching_select, forget_rate_at, kept_count, meta_noise_rate, resolve_tk
+from nlbench.methods.coteaching import agreement_noise_rate, coteaching_select, forget_rate_at, kept_count, resolve_tk
 from tests.test_methods_all import tiny_config
 
 
@@ -110,37 +109,43 @@ def test_forget_rate_option_overrides_nominal():
     assert method.options() == {"forget_rate": 0.25, "tk": None, "forget_rate_used": 0.25, "tk_used": 1}
 
 
-def test_meta_noise_rate_hand_case():
-    probs = torch.tensor([[0.8, 0.2, 0.0],
-                          [0.6, 0.4, 0.0],
-                          [0.1, 0.5, 0.4],
-                          [0.3, 0.3, 0.4],
-                          [0.2, 0.8, 0.0]])
-    labels = torch.tensor([0, 0, 1, 1, 1])
-    # C_hat[0, 0] = 0.7, C_hat[1, 1] = 1.6 / 3; class 2 has no meta sample and is left out
-    assert meta_noise_rate(probs, labels, 3) == pytest.approx(1 - (0.7 + 1.6 / 3) / 2, rel=1e-6)
-    assert meta_noise_rate(torch.eye(3), torch.arange(3), 3) == pytest.approx(0.0, abs=1e-7)
+def test_agreement_noise_rate_hand_case():
+    meta_pred, meta_y = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 1])  # a = 3/4
+    pool_pred, pool_y = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 1, 2, 2])  # b = 3/5
+    # (a - b) / (a - (1 - a) / (C - 1)) = 0.15 / (0.75 - 0.125)
+    assert agreement_noise_rate(pool_pred, pool_y, meta_pred, meta_y, 3) == pytest.approx(0.15 / 0.625)
+    # agreement above the clean accuracy: no noise; a network at chance (a = 1/3 for C = 3) or never right:
+    # nothing forgotten
+    assert agreement_noise_rate(pool_y, pool_y, meta_pred, meta_y, 3) == 0.0
+    assert agreement_noise_rate(pool_pred, pool_y, meta_pred, meta_y + 5, 3) == 0.0
+    assert agreement_noise_rate(pool_pred, pool_y + 5, torch.tensor([0, 1, 1]), torch.tensor([0, 0, 2]), 3) == 0.0
+    # never more than 1 - 1/C (beyond it the true class is no longer the likeliest label)
+    assert agreement_noise_rate(pool_pred, pool_y + 5, meta_pred, meta_y, 3) == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
-        meta_noise_rate(probs, labels, 4)
+        agreement_noise_rate(pool_pred, pool_y[:4], meta_pred, meta_y, 3)
+    with pytest.raises(ValueError):
+        agreement_noise_rate(pool_pred[:0], pool_y[:0], meta_pred, meta_y, 3)
 
 
 def test_coteaching_meta_estimates_after_epoch_one():
-    # meta "inputs" are logits; net 1 passes them through, net 2 predicts uniform (zeros)
-    meta_x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
-    meta_y = torch.tensor([0, 0, 1, 2])
+    # the inputs are logits: net 1 passes them through, net 2 predicts uniform (zeros), so the argmax of the
+    # averaged softmax is net 1's argmax
+    meta_x = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    meta_y = torch.tensor([0, 0, 1, 2])  # predicted 0, 1, 1, 2: a = 3/4
+    train_x = torch.eye(3)[[0, 0, 1, 2, 2]] * 2
+    train_y = torch.tensor([0, 1, 1, 0, 2])  # predicted 0, 0, 1, 2, 2: b = 3/5
     net1 = Passthrough()
-    net2 = Fixed(torch.zeros(4, 3))
+    net2 = Fixed(torch.zeros(5, 3))
     method = create_method("coteaching-meta")
-    method.setup(make_ctx(net1, net2, epochs=30, noise_rate=None, meta_x=meta_x, meta_y=meta_y))
+    ctx = make_ctx(net1, net2, epochs=30, noise_rate=None, meta_x=meta_x, meta_y=meta_y)
+    ctx.train_x, ctx.train_y = train_x, train_y
+    method.setup(ctx)
     assert method.tau is None and method.current_forget_rate(1) == 0.0
-    e2, e1, e3 = math.exp(2), math.exp(1), math.exp(3)
-    p1 = [(e2 / (e2 + 2) + 1 / 3) / 2, (e1 / (e1 + 2)), e3 / (e3 + 2)]  # net 1's C_hat diagonal
-    diag = [(p1[0] + 1 / 3) / 2, (p1[1] + 1 / 3) / 2, (p1[2] + 1 / 3) / 2]  # averaged with net 2's 1/3
     method.on_epoch_end(1, net1)
-    assert method.tau == pytest.approx(1 - sum(diag) / 3, rel=1e-6)
+    assert method.tau == pytest.approx(0.24)  # (3/4 - 3/5) / (3/4 - (1/4) / 2)
     method.on_epoch_end(2, net1)  # estimated once
-    assert method.tau == pytest.approx(1 - sum(diag) / 3, rel=1e-6)
-    assert method.current_forget_rate(11) == pytest.approx(method.tau)
+    assert method.tau == pytest.approx(0.24)
+    assert method.current_forget_rate(11) == pytest.approx(0.24)
     with pytest.raises(NLBenchError, match="meta"):
         create_method("coteaching-meta").setup(make_ctx(net1, net2, noise_rate=None))
 
