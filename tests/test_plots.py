@@ -144,3 +144,9 @@ def test_plot_titles_are_written_for_people_and_file_names_do_not_change(tmp_pat
             "Fashion-MNIST, LeNet, 4 epochs — sym50: mean weight of clean vs noisy samples",
         "fashion-mnist__lenet__e4__cd.png": "Fashion-MNIST, LeNet, 4 epochs: average ranks over 1 settings "
                                             "(Nemenyi, α = 0.05)"}
+
+
+def test_plot_legend_flags_methods_that_read_the_noise_rate():
+    records = [rec("erm", s) for s in (0, 1)] + [{**rec("coteaching", s), "uses_noise_rate": True} for s in (0, 1)]
+    fig = accuracy_figure(one_setting(records, ["test_acc"]), style_table(records), "title")
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["coteaching [NOISE RATE]", "erm"]

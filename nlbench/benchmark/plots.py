@@ -39,6 +39,7 @@ from matplotlib.ticker import MaxNLocator
 
 from nlbench.benchmark.leaderboard import (
     ORACLE_TAG,
+    RATE_TAG,
     _protocol_id,
     build_tables,
     method_label,
@@ -189,15 +190,18 @@ def _band(runs: Sequence[Sequence[tuple]], epochs: int) -> Band:
 
 
 def _curves(records: Iterable[dict], keys: Sequence[str]) -> dict[tuple[str, str], dict[str, dict]]:
-    """(section, noise) -> method label -> key -> :class:`Band` over seeds, plus ``"_oracle"`` -> bool."""
+    """(section, noise) -> method label -> key -> :class:`Band` over seeds, plus ``"_oracle"`` and ``"_rate"``
+    (the method reads the nominal noise rate) -> bool."""
     acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     oracle: dict[str, bool] = {}
+    rate: dict[str, bool] = {}
     for rec in records:
         hist = [h for h in rec.get("history") or [] if isinstance(h, dict)]
         if not any(keys[0] in h for h in hist):
             continue
         label = method_label(rec)
         oracle[label] = oracle.get(label, False) or bool(rec.get("oracle"))
+        rate[label] = rate.get(label, False) or bool(rec.get("uses_noise_rate"))
         cell = acc[(_protocol_id(protocol_of(rec)), rec["noise"])][label]
         for key in keys:
             cell[key].append([(h.get("epoch"), h.get(key)) for h in hist])
@@ -208,11 +212,14 @@ def _curves(records: Iterable[dict], keys: Sequence[str]) -> dict[tuple[str, str
             epochs = max(int(e) for runs in series.values() for run in runs for e, _ in run if e is not None)
             out[setting][label] = {key: _band(runs, epochs) for key, runs in series.items()}
             out[setting][label]["_oracle"] = oracle[label]
+            out[setting][label]["_rate"] = rate[label]
     return out
 
 
-def _label(name: str, is_oracle: bool) -> str:
-    return literal(f"{name} {ORACLE_TAG}" if is_oracle else name)
+def _label(name: str, is_oracle: bool, uses_rate: bool = False) -> str:
+    """The legend entry: the method label with the leaderboard's [ORACLE] / [NOISE RATE] tags."""
+    tags = [tag for tag, on in ((ORACLE_TAG, is_oracle), (RATE_TAG, uses_rate)) if on]
+    return literal(" ".join([name, *tags]))
 
 
 def _settings(curves: dict, slugs: dict[str, str]) -> list[tuple[str, str]]:
@@ -255,7 +262,7 @@ def accuracy_figure(methods: dict[str, dict], styles: dict[str, Style], title: s
         _draw_band(ax, x, band, style.colour, 100, f"band:{label}")
         ax.plot(x, 100 * band.mean, color=style.colour, linestyle=style.linestyle, marker=style.marker,
                 markersize=3.5, markevery=max(1, len(x) // 10), linewidth=2.0 if c["_oracle"] else 1.4,
-                label=_label(label, c["_oracle"]), gid=f"line:{label}")
+                label=_label(label, c["_oracle"], c["_rate"]), gid=f"line:{label}")
     fig.suptitle(title, fontsize=10)
     ax.set_title("line: mean over seeds; band: min–max over seeds (≥ 2 seeds)", fontsize=8)
     ax.set(xlabel="epoch", ylabel="test accuracy (%)")
@@ -277,7 +284,7 @@ def weights_figure(methods: dict[str, dict], title: str) -> Figure:
     for i, label in enumerate(labels):
         ax = fig.add_subplot(rows, cols, i + 1, sharex=first, sharey=first)
         first = first or ax
-        _weights_panel(ax, methods[label], _label(label, methods[label]["_oracle"]))
+        _weights_panel(ax, methods[label], _label(label, methods[label]["_oracle"], methods[label]["_rate"]))
         ax.set_ylim(0, 1.05 * top)
         if i % cols == 0:
             ax.set_ylabel("mean weight", fontsize=8)
