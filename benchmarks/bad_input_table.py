@@ -7,7 +7,8 @@ exit code.
 
 Each command runs in its own copy of a small work folder (``results/`` holding one finished record, ``data/``
 with fake Fashion-MNIST IDX files and fake CIFAR-10 pickles, ``not-a-dir`` a plain file), so the commands show
-short relative paths and the table comes out the same on every machine. The contract every row must meet:
+short relative paths and the table comes out the same on every machine (a FIFO, ``fifo.toml``, is made in each
+copy). Commands over :data:`MAX_SHOWN_COMMAND` characters are shown shortened. The contract every row must meet:
 exit code 2, exactly one line on stderr starting with ``error:``, no traceback, nothing on stdout, and the
 record already in ``results/`` untouched. Rows that break it are reported and the script exits 1 (the table is
 still written). ``tests/test_hardening.py`` imports :data:`CASES`, :func:`make_template` and :func:`run_case`
@@ -129,6 +130,8 @@ CASES: tuple[Case, ...] = (
     Case("noise-decimals", "noise rate with more than 2 decimals", ("run", *SYN, "--noise", "sym40.0001"),
          "noise rate in 'sym40.0001' has more than 2 decimals"),
     Case("noise-long", "noise spec of 5000 characters", ("run", *SYN, "--noise", "sym" + "0" * 4995 + "40"),
+         "--noise must be a name (a non-empty string of at most 200 printable characters)"),
+    Case("noise-spec-long", "noise spec of 65 characters", ("run", *SYN, "--noise", "sym" + "0" * 60 + "40"),
          "is too long (at most 40 characters)"),
     Case("workers-huge", "100000 local workers (grid)",
          ("grid", "--methods", "erm", "--noises", "sym40", *SYN, "--workers", "100000"),
@@ -168,7 +171,32 @@ CASES: tuple[Case, ...] = (
     Case("results-grid", "results folder that cannot be written (grid)",
          ("grid", "--methods", "erm", "--noises", "sym40", *SYN, "--results-dir", "not-a-dir/results"),
          "cannot write to not-a-dir/results/runs/.claims: Not a directory"),
+    Case("config-method-type", "--config file whose method is a number", ("run", "--config", "method-number.toml"),
+         "--config method-number.toml: --method must be a name (a non-empty string of at most 200 printable "
+         "characters), got 5"),
+    Case("config-augment-type", "--config file whose augment is a string", ("run", "--config", "augment-text.toml"),
+         "--config augment-text.toml: --augment must be true or false, got 'no'"),
+    Case("config-options-type", "--config file whose method_options is a string",
+         ("run", "--config", "options-text.toml"),
+         "--config options-text.toml: method_options must be a table of key = value (--opt key=value), got "
+         "'q=0.1'"),
+    Case("config-record-options", "--config file with a misspelt record option",
+         ("run", "--config", "record-typo.toml"),
+         "--config record-typo.toml: unknown record option 'feature_epoch'. Did you mean 'feature_epochs'?"),
+    Case("config-fifo", "--config that is a FIFO (reading it would wait forever)", ("run", "--config", "fifo.toml"),
+         "--config fifo.toml is a FIFO, not a regular file"),
+    Case("config-deep", "--config file nested 1000 levels deep", ("run", "--config", "deep.toml"),
+         "--config deep.toml is nested too deeply"),
+    Case("augment-vectors", "--augment on a dataset that is not images", ("run", "--augment", *SYN),
+         "--augment needs an image dataset; 'synthetic' has inputs of shape (16,)"),
+    Case("grid-opt-nobody", "grid --opt that no listed method takes",
+         ("grid", "--methods", "erm", "--noises", "sym40", *SYN, "--opt", "q=0.1"),
+         "no listed method takes the method option 'q'"),
+    Case("grid-file-key", "grid file with an unknown key", ("grid", "--config", "grid-typo.toml"),
+         "grid-typo.toml: grid 'mine': unknown key 'method'. Did you mean 'methods'?"),
 )
+#: Commands longer than this many characters are shown shortened in the table (their start, "…", their length).
+MAX_SHOWN_COMMAND = 200
 
 
 # ------------------------------------------------------------------------------------------- fake data
@@ -265,7 +293,13 @@ def make_template(root: Path) -> Path:
     (root / "not-a-dir").write_text("a plain file where a folder is expected\n")
     (root / "typo.toml").write_text("epoch = 3\n")
     (root / "broken.toml").write_text("epochs = [\n")
-    return root
+    (root / "method-number.toml").write_text("method = 5\n")
+    (root / "augment-text.toml").write_text('augment = "no"\n')
+    (root / "options-text.toml").write_text('method_options = "q=0.1"\n')
+    (root / "record-typo.toml").write_text("record_options = {feature_epoch = [1]}\n")
+    (root / "deep.toml").write_text("method_options = {a = " + "[" * 1000 + "]" * 1000 + "}\n")
+    (root / "grid-typo.toml").write_text('[mine]\ndataset = "synthetic"\nmethod = ["erm"]\nnoises = ["sym40"]\n')
+    return root  # fifo.toml is made in each case's copy (copying a FIFO would read it)
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -310,6 +344,8 @@ def nlbench_command() -> list[str]:
 def run_case(case: Case, template: Path, workdir: Path, timeout: float = 120) -> Outcome:
     """Copy ``template`` to ``workdir`` and run ``nlbench *case.args`` there in a fresh interpreter."""
     shutil.copytree(template, workdir)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(workdir / "fifo.toml")
     before = _snapshot(workdir / "results")
     env = {k: v for k, v in os.environ.items() if k != "NLBENCH_DATA_ROOT"}
     proc = subprocess.run([*nlbench_command(), *case.args], cwd=workdir, capture_output=True, text=True,
@@ -329,19 +365,27 @@ def _cell(text: str) -> str:
     return "`" + text.replace("|", "\\|") + "`"
 
 
+def shown_command(args: tuple[str, ...], limit: int = MAX_SHOWN_COMMAND) -> str:
+    """``nlbench ARGS`` as a shell would take it; past ``limit`` characters, its start, "…" and its length
+    (a 5,000-character argument would otherwise fill the page)."""
+    cmd = "nlbench " + shlex.join(args)
+    return cmd if len(cmd) <= limit else f"{cmd[:limit]}… ({len(cmd):,} characters)"
+
+
 def render(outcomes: list[Outcome]) -> str:
     """The Markdown page: one row per case, the message as printed."""
     out = ["# Bad input: what nlbench says", "",
            "Generated by `.venv/bin/python benchmarks/bad_input_table.py` (rerun it to refresh this page). Each "
-           "command ran in a folder holding fake data files (`data/`), one finished record (`results/`) and a "
-           "plain file `not-a-dir`. Every one prints exactly one line on stderr and exits with code 2, without a "
-           "traceback, and leaves the records in `results/` untouched; `tests/test_hardening.py` checks this for "
-           "every row (for the rows `tests/test_cli.py` already checks in-process, with `pytest -m slow`).", "",
+           "command ran in a folder holding fake data files (`data/`), one finished record (`results/`), a "
+           "plain file `not-a-dir`, the `--config` and grid files the rows name and a FIFO `fifo.toml`. Commands "
+           f"over {MAX_SHOWN_COMMAND} characters are shown shortened. Every one prints exactly one line on stderr "
+           "and exits with code 2, without a traceback, and leaves the records in `results/` untouched; "
+           "`tests/test_hardening.py` checks this for every row (for the rows `tests/test_cli.py` already checks "
+           "in-process, with `pytest -m slow`).", "",
            "| bad input | command | what it prints (stderr) | exit code |", "|---|---|---|---|"]
     for o in outcomes:
         msg = " / ".join(o.stderr.splitlines()) or "(nothing)"
-        cmd = "nlbench " + shlex.join(o.case.args)
-        out.append(f"| {o.case.what} | {_cell(cmd)} | {_cell(msg)} | {o.returncode} |")
+        out.append(f"| {o.case.what} | {_cell(shown_command(o.case.args))} | {_cell(msg)} | {o.returncode} |")
     return "\n".join(out) + "\n"
 
 

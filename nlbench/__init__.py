@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Portable numerics (NLBENCH_PORTABLE=1) pin CPU kernels through environment variables that torch, MKL and
+# oneDNN read once: apply them now, before anything imports torch (see nlbench.portable).
+from nlbench.portable import apply_from_environment as _apply_portable  # noqa: E402
+
+_apply_portable()
+
 #: public name -> (module, attribute); imported on first access (PEP 562)
 _LAZY = {
     "load_records": ("nlbench.api", "load_records"),

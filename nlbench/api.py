@@ -112,6 +112,31 @@ def load_records(results_dir: str | os.PathLike = "results") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*COLUMNS, *config_cols])
 
 
+#: First characters that make a spreadsheet (Excel, LibreOffice, Google Sheets) read a cell as a formula or
+#: command: OWASP's list for CSV injection.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_safe_cell(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (``=HYPERLINK(...)``, ``@SUM(...)``, ``-2+3``)
+    gets a leading ``'``, which spreadsheets show as text, the way OWASP recommends; numbers, booleans and
+    missing values are unchanged (a negative number is a number, not a formula)."""
+    if isinstance(value, str) and value.lstrip(" ").startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def records_csv(df: pd.DataFrame) -> str:
+    """``df`` (:func:`load_records`) as CSV text whose text cells (and column names) cannot run as formulas
+    in a spreadsheet (:func:`csv_safe_cell`): what ``nlbench results export`` writes."""
+    safe = df.copy()
+    for col in safe.columns:
+        if safe[col].dtype == object or str(safe[col].dtype) in ("string", "str"):
+            safe[col] = safe[col].map(csv_safe_cell)
+    safe.columns = [csv_safe_cell(str(c)) for c in safe.columns]
+    return safe.to_csv(index=False)
+
+
 def list_methods(pattern: str = "*") -> list[str]:
     """Registered method names, plugins included (``nlbench list methods``)."""
     from nlbench.methods import list_methods as _list

@@ -122,8 +122,8 @@ def test_named_grids(tmp_path):
         G.load_grid("nope")
     bad = tmp_path / "g.toml"
     bad.write_text('[x]\ndataset = "synthetic"\nmethods = ["erm"]\nseeds = [0]\n')
-    with pytest.raises(NLBenchError, match="grid 'x' lacks the key 'noises'"):
-        G.load_grid("x", bad)
+    with pytest.raises(NLBenchError, match="grid 'x' lacks the key 'noises'"):  # the command line may give them
+        G.expand(G.load_grid("x", bad))
     bad.write_text('[x]\ndataset = "synthetic"\nmethods = ["erm"]\nnoises = ["sym40"]\nseeds = ["a"]\n')
     with pytest.raises(NLBenchError, match="seeds must be a list of int"):
         G.load_grid("x", bad)
@@ -209,6 +209,22 @@ def test_run_grid_writes_skips_and_never_retries_failed(tmp_path):
     assert json.loads(G.grid_log_path(tmp_path, "t").read_text())["wall_time_s"] == log2["wall_time_s"]
 
 
+def test_a_record_that_breaks_the_schema_is_that_runs_error_and_the_grid_goes_on(tmp_path):
+    configs = G.expand(spec(seeds=(0, 1)))
+
+    class BadSeed0(FakeExecutor):
+        def run(self, payloads):
+            for p, rec in super().run(payloads):
+                if not isinstance(rec, BaseException) and rec["seed"] == 0:
+                    rec["history"][0]["test_acc"] = 7.0  # outside [0, 1]
+                yield p, rec
+
+    s = G.run_grid(configs, tmp_path, BadSeed0(), progress=False, name="t")
+    assert s.done == 2 and len(s.errors) == 2 and not s.complete
+    assert all("test_acc" in msg for _, msg in s.errors)
+    assert sorted(r["seed"] for r in scan_records(tmp_path)[0]) == [1, 1] and claim_files(tmp_path) == []
+
+
 def test_run_grid_interrupt_releases_claims(tmp_path):
     configs = G.expand(spec(seeds=(0, 1)))
     ex = FakeExecutor(interrupt_after=2)
@@ -271,7 +287,8 @@ def test_cli_grid_runs_then_skips(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--noises", "sym40"], "error: give --methods and --noises (comma-separated), or a named grid with --grid"),
+    (["--noises", "sym40"], "error: give --methods and --noises (comma-separated), or a grid with --grid NAME or "
+                            "--config FILE"),
     (["--methods", "ermm", "--noises", "sym40"], "error: unknown method 'ermm'. Did you mean 'erm'?"),
     (["--grid", "nope"], "error: unknown grid 'nope'; valid: "),
     (["--methods", "erm", "--noises", "sym40", "--seeds", "0,x"], "error: --seeds must be comma-separated integers"),
@@ -402,15 +419,18 @@ def test_results_check_exit_codes(tmp_path, plant):
 def test_memorize_grid_expands_from_its_preset():
     """fmnist-memorize takes the preset's protocol, leaves the ablations out of "all" and runs them (and the
     normalised mwnet) in their own rows with their options."""
-    from nlbench.methods import list_methods
+    from nlbench.methods import get_method, list_methods
+    from nlbench.noise import noise_family
 
     cfgs = G.expand(G.load_grid("fmnist-memorize"))
     preset = RunConfig.from_preset("fmnist-memorize", method="erm", noise="sym50")
     erm = next(c for c in cfgs if c.method == "erm" and c.noise == "sym50" and c.seed == 0)
     assert erm.hash() == preset.hash()
     by = {}
-    for c in cfgs:
-        by.setdefault((c.method, json.dumps(c.method_options, sort_keys=True)), []).append(c)
+    for c in cfgs:  # the options the grid gives (the method's defaults for the noise family left out)
+        family = get_method(c.method).family_defaults.get(noise_family(c.noise), {})
+        given = {k: v for k, v in c.method_options.items() if k not in family or family[k] != v}
+        by.setdefault((c.method, json.dumps(given, sort_keys=True)), []).append(c)
     # the preset's tuned defaults (alpha = 3) apply to the surrogate and, so that the study ablates one
     # component only, to its three ablations, under the row's w0 = 0.5
     for ablation in ("surrogate-no-center", "surrogate-no-shift", "surrogate-no-sign"):
@@ -419,7 +439,8 @@ def test_memorize_grid_expands_from_its_preset():
     assert len(by[("surrogate", '{"alpha": 3.0}')]) == 21
     assert len(by[("meta-reweight", '{"alpha": 1.0, "w0": 1.0}')]) == 21
     assert len(by[("mwnet", '{"normalize": true}')]) == 21
-    assert len(by[("erm", "{}")]) == 24 and len(by) == 24  # erm: 7 noises x 3 seeds + clean x 3
+    assert len(by[("erm", "{}")]) == 24  # erm: 7 noises x 3 seeds + clean x 3
+    assert len(by) == len(list_methods()) + 2  # surrogate and mwnet twice: main block and their rows
     plain = set(list_methods()) - {"surrogate-no-center", "surrogate-no-shift", "surrogate-no-sign",
                                    "surrogate", "meta-reweight"}
     assert {m for m, o in by if o == "{}"} == plain

@@ -251,6 +251,26 @@ def test_grid_on_ray_equals_local(ray_head, local_records, tmp_path):
     assert (again.done, again.skipped, again.errors) == (0, 4, [])
 
 
+@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else True,
+                    reason="portable mode needs an x86-64 CPU with AVX2")
+def test_portable_driver_runs_its_ray_tasks_in_portable_numerics(ray_head, tmp_path, monkeypatch):
+    """NLBENCH_PORTABLE in the driver (as `grid --portable` sets it) reaches each task through its runtime
+    environment: Ray starts the run in a worker whose kernels are pinned before torch loads."""
+    from nlbench import portable
+
+    for key in (portable.ENV_FLAG, *portable.PINS):
+        monkeypatch.setenv(key, "")  # restored (unset) at teardown
+        monkeypatch.delenv(key)
+    one = GridSpec(name="portable", dataset="synthetic", methods=("erm",), noises=("sym40",), seeds=(0,), epochs=1,
+                   meta_size=40, overrides={"dataset_options": {"n_train": 300}})
+    monkeypatch.setenv(portable.ENV_FLAG, "1")  # the driver itself never computes: no pins needed here
+    summary = run_grid(expand(one), tmp_path, RayExecutor(address=ray_head), progress=False, name="portable")
+    assert (summary.done, summary.errors) == (1, [])
+    (rec,), _ = scan_records(tmp_path)
+    assert rec["env"]["portable"] is True and rec["env"]["cpu_capability"] == "AVX2"
+    assert rec["env"]["numerics_pins"]["MKL_CBWR"] == "COMPATIBLE"
+
+
 def test_worker_killed_mid_run_is_retried(ray_head, local_records, tmp_path):
     marker = tmp_path / "died"
     task = functools.partial(ray_helpers.die_once_then_run, str(marker))
@@ -392,3 +412,53 @@ def test_cli_wrong_token_is_one_line(ray_head, tmp_path):
                          "RAY_AUTH_TOKEN_PATH"), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+USER_GRID_FILE = """\
+[mine-ray]
+dataset = "synthetic"
+dataset_options = { n_train = 300, n_test = 100 }
+methods = ["erm", "surrogate"]
+noises = ["sym40"]
+seeds = [0]
+epochs = 1
+meta_size = 40
+val_size = 20
+schedule = "constant"
+weight_decay = 0.0
+
+[mine-ray.sweep]
+method_options = { alpha = [0.3, 3.0] }
+
+[[mine-ray.extra]]
+name = "erm reference"
+methods = ["erm"]
+noises = ["sym40"]
+"""
+
+
+def test_user_grid_file_on_ray(ray_head, tmp_path):
+    """A grid file of the user's own runs on Ray as it runs locally: the records of the runs `--dry-run` lists
+    (same config hashes), with a method option sweep, and a rerun skips them all."""
+    from nlbench.benchmark.records import scan_records
+
+    path = tmp_path / "mine.toml"
+    path.write_text(USER_GRID_FILE)
+    results = tmp_path / "results"
+    runner = CliRunner()
+    # erm takes no alpha: the main block lists only surrogate, the row runs erm
+    base = ["grid", "--config", str(path), "--methods", "surrogate", "--results-dir", str(results)]
+    listed = runner.invoke(app, [*base, "--dry-run", "--json"])
+    assert listed.exit_code == 0, listed.output
+    hashes = {r["config_hash"] for r in json.loads(listed.stdout)["runs"]}
+    assert len(hashes) == 3
+    args = [*base, "--executor", "ray", "--ray-address", ray_head, "--no-progress"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "3 done, 0 skipped, 0 failed, 0 errors" in first.stdout
+    records, problems = scan_records(results)
+    assert problems == [] and {r["config_hash"] for r in records} == hashes
+    assert sorted(r["config"]["method_options"].get("alpha", 0) for r in records) == [0, 0.3, 3.0]
+    assert {r["config"]["val_size"] for r in records} == {20}
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and "0 done, 3 skipped" in second.stdout, second.output

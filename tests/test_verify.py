@@ -28,7 +28,25 @@ def tamper(path, delta: float) -> None:
     path.write_text(json.dumps(rec))
 
 
-def test_verify_classifies_reruns(tmp_path):
+def in_process_rerun(record, *, data_root=None, device="cpu", timeout=None):
+    """:func:`V.rerun` without its fresh process (the records here were made in this process, so its numerics
+    are theirs): the classification is what is tested here, the fresh process below."""
+    return train(RunConfig.from_dict(record["config"]), data_root=data_root, device=device, results_dir=None,
+                 checkpoint_every=None)
+
+
+def test_verify_reruns_in_a_fresh_process_with_the_records_numerics(tmp_path):
+    rec = train(cfg(0), device="cpu", results_dir=tmp_path, checkpoint_every=None)
+    result = verify(tmp_path)
+    assert result.exit_code == 0, result.output
+    assert f"{rec['run_name']}: bit-identical [native numerics: bit-identical only on the same CPU kind]" \
+        in result.stdout
+    assert "1 rerun: 1 bit-identical, 0 within" in result.stdout and "(0 made in portable numerics, 1 native)" \
+        in result.stdout
+
+
+def test_verify_classifies_reruns(tmp_path, monkeypatch):
+    monkeypatch.setattr(V, "rerun", in_process_rerun)
     recs = [train(cfg(s), device="cpu", results_dir=tmp_path, checkpoint_every=None) for s in range(3)]
     spread = abs(recs[1]["final"]["last_acc"] - recs[2]["final"]["last_acc"])  # seed 0's yardstick
     assert spread > 0.002

@@ -15,6 +15,7 @@ holding anything else overrides ``Method.state_dict`` / ``Method.load_state_dict
 from __future__ import annotations
 
 import copy
+import math
 import os
 import stat
 import sys
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 
 from nlbench.benchmark.records import atomic_write
+from nlbench.errors import NLBenchError
+from nlbench.safe_io import open_regular
 
 CHECKPOINTS_DIR = "checkpoints"
 SUFFIX = ".pt"
@@ -130,10 +133,35 @@ def capture(obj: Any) -> dict[str, Any]:
     return out
 
 
+_KIND_TYPES: dict[str, Any] = {"module": nn.Module, "optimizer": torch.optim.Optimizer,
+                               "generator": torch.Generator, "numpy-generator": np.random.Generator}
+
+
 def restore(obj: Any, state: dict[str, Any]) -> None:
-    """Put a :func:`capture` state back into ``obj`` (modules and optimisers load in place)."""
-    for name, (kind, value) in state.items():
-        current = getattr(obj, name, None)
+    """Put a :func:`capture` state back into ``obj`` (modules and optimisers load in place).
+
+    A checkpoint is untrusted: it may only set instance attributes :func:`capture` could have saved. A name
+    that is private (``__x``), or that the class defines (``oracle``, ``uses_meta``, ``step``...) without the
+    instance holding its own value, is refused, and so is a kind that does not fit the attribute's current
+    value (a tree where a module is)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"method state is a {type(state).__name__}, not a dict")
+    own = vars(obj)
+    for name, entry in state.items():
+        if not isinstance(name, str) or name.startswith("__") or name in _SKIP:
+            raise ValueError(f"checkpoint sets the attribute {str(name)[:40]!r}, which no checkpoint may")
+        if name not in own and hasattr(type(obj), name):
+            raise ValueError(f"checkpoint sets {type(obj).__name__}.{name}, a class attribute, not run state")
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise ValueError(f"state of {name!r} is not a (kind, value) pair")
+        kind, value = entry
+        current = own.get(name)
+        if kind in _KIND_TYPES and not isinstance(current, _KIND_TYPES[kind]):
+            raise ValueError(f"checkpoint holds a {kind} for {name!r}, which is a {type(current).__name__} here")
+        if kind in ("ndarray", "tree") and isinstance(current, tuple(_KIND_TYPES.values())):
+            raise ValueError(f"checkpoint holds a {kind} for {name!r}, which is a {type(current).__name__} here")
+        if kind == "ndarray" and not isinstance(value, torch.Tensor):
+            raise ValueError(f"state of {name!r} is not a tensor")
         if kind == "module" or kind == "optimizer":
             current.load_state_dict(value)
         elif kind == "generator":
@@ -178,8 +206,42 @@ def restore_run(state: dict[str, Any], *, model: nn.Module, networks: list[nn.Mo
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
     if view is not None and state.get("view") is not None:
         restore(view, state["view"])
-    if not isinstance(state["history"], list) or not int(state["step"]) >= 0:
-        raise ValueError("bad history or step")
+    check_progress(state)
+
+
+#: Keys of a history entry whose values must be in [0, 1] (accuracies and rates), as the record schema has them.
+_UNIT_KEYS = ("test_acc", "val_acc", "w_auroc", "w_noisy_below_0.1")
+
+
+def check_progress(state: dict[str, Any], epochs: int | None = None) -> None:
+    """Raise ``ValueError`` unless the checkpoint's progress is that of a run of ``epochs`` epochs stopped at
+    the end of an epoch: ``history`` a list of one entry per finished epoch (numbered 1, 2, ... and fewer than
+    ``epochs``, since the last epoch writes a record, not a checkpoint), each a dict of plain finite numbers
+    (NaN or null where missing) with accuracies in [0, 1]; ``step`` an integer at least the number of epochs;
+    ``wall_s`` a finite non-negative number. A history of tensors, strings or a forged 100% is refused here,
+    before any record is built from it."""
+    history, step, wall = state.get("history"), state.get("step"), state.get("wall_s")
+    if not isinstance(history, list):
+        raise ValueError(f"history is a {type(history).__name__}, not a list")
+    if epochs is not None and len(history) >= epochs:
+        raise ValueError(f"history has {len(history)} epochs; a checkpoint of a {epochs}-epoch run has fewer")
+    for i, entry in enumerate(history, 1):
+        if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+            raise ValueError(f"history entry {i} is not a table")
+        for k, v in entry.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or math.isinf(v)):
+                raise ValueError(f"history entry {i}: {k[:40]} is {type(v).__name__} {str(v)[:40]}, not a number")
+        if entry.get("epoch") != i or isinstance(entry.get("epoch"), bool):
+            raise ValueError(f"history entry {i} is numbered {str(entry.get('epoch'))[:20]}")
+        for k in _UNIT_KEYS:
+            if entry.get(k) is not None and not math.isnan(entry[k]) and not 0 <= entry[k] <= 1:
+                raise ValueError(f"history entry {i}: {k} {entry[k]} is outside [0, 1]")
+        if not isinstance(entry.get("test_acc"), int | float) or math.isnan(entry["test_acc"]):
+            raise ValueError(f"history entry {i} has no test_acc")
+    if isinstance(step, bool) or not isinstance(step, int) or not len(history) <= step < 2**62:
+        raise ValueError(f"step {str(step)[:40]} is not an integer >= {len(history)}")
+    if isinstance(wall, bool) or not isinstance(wall, int | float) or not math.isfinite(wall) or wall < 0:
+        raise ValueError(f"wall_s {str(wall)[:40]} is not a finite number of seconds")
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -199,6 +261,8 @@ def load(path: Path, config_hash: str, device: torch.device) -> dict[str, Any] |
         reason = "not a regular file"
     elif info.st_size > MAX_CHECKPOINT_BYTES:
         reason = f"larger than {MAX_CHECKPOINT_BYTES} bytes"
+    elif (inflated := _inflated_problem(path)) is not None:
+        reason = inflated
     else:
         try:
             state = torch.load(path, map_location=device, weights_only=True)
@@ -215,6 +279,34 @@ def load(path: Path, config_hash: str, device: torch.device) -> dict[str, Any] |
     return None
 
 
+def _inflated_problem(path: Path) -> str | None:
+    """Why the checkpoint's zip archive is refused before torch reads it, else ``None``: the cap on the file
+    also caps what its members inflate to (a 2.6 MB deflated member can claim 2 GiB), and only torch's zip
+    format is read (checked on a non-blocking descriptor of a regular file)."""
+    import zipfile
+
+    try:
+        with open_regular(path, "checkpoint") as raw, zipfile.ZipFile(raw) as zf:
+            infos = zf.infolist()
+            if len(infos) > 100_000:
+                return "holding over 100,000 members"
+            total = sum(i.file_size for i in infos)
+    except (NLBenchError, OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
+        return f"not a torch zip archive ({type(e).__name__})"
+    if total > MAX_CHECKPOINT_BYTES:
+        return f"inflating to {total:,} bytes, over {MAX_CHECKPOINT_BYTES:,}"
+    return None
+
+
 def remove(path: Path | None) -> None:
-    if path is not None:
-        path.unlink(missing_ok=True)
+    """Delete a checkpoint; what is in its place and cannot be deleted (a directory, a read-only folder) is
+    reported on stderr, never raised: the record is already written."""
+    if path is None:
+        return
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            print(f"warning: {path} is a directory where a checkpoint goes; left in place", file=sys.stderr)
+    except OSError as e:
+        print(f"warning: cannot remove checkpoint {path}: {e.strerror or e}", file=sys.stderr)

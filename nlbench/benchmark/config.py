@@ -6,6 +6,8 @@ import hashlib
 import json
 import math
 import numbers
+import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any
 
@@ -64,6 +66,46 @@ for _name, _values in _PRESETS.items():
     PRESETS.add(_name, _values)
 
 
+#: Largest ``--config`` file read (a run's settings are a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of a ``--config`` TOML file (RunConfig keys and ``preset``), read as untrusted input: a
+    regular file only (a FIFO is refused, never waited on), at most :data:`MAX_CONFIG_BYTES`, nesting that
+    would exhaust the parser's recursion refused, unknown keys refused with the valid ones, and every value
+    type-checked as :meth:`RunConfig.validate` checks it (``method = 5``, ``augment = "no"``,
+    ``method_options = "q=0.1"`` are errors, never dropped or coerced). Raises :class:`NLBenchError`."""
+    import tomllib
+
+    from nlbench.errors import did_you_mean
+    from nlbench.safe_io import read_bounded
+
+    raw = read_bounded(path, MAX_CONFIG_BYTES, "--config")
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise NLBenchError(f"--config {path} is nested too deeply") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise NLBenchError(f"--config {path} is not valid TOML: {e}") from None
+    valid = sorted({f.name for f in fields(RunConfig)} | {"preset"})
+    for key in table:
+        if key not in valid:
+            hint = did_you_mean(key, valid, cutoff=0.6)
+            raise NLBenchError(f"--config {path}: unknown key {key!r}.{hint} Valid: {', '.join(valid)}")
+    if "preset" in table and (not isinstance(table["preset"], str) or table["preset"] not in PRESETS):
+        PRESETS.canonical(str(table["preset"])[:80])  # raises with the valid names
+    if isinstance(table.get("milestones"), list):
+        table["milestones"] = tuple(table["milestones"])
+    # every value checked now, as RunConfig checks it (explicit options may still override it later)
+    probe = {k: v for k, v in table.items() if k != "preset"}
+    try:
+        RunConfig(**{**probe, "epochs": probe.get("epochs", 10_000)} if "milestones" in probe else probe)
+    except NLBenchError as e:
+        raise NLBenchError(f"--config {path}: {e}") from None
+    return table
+
+
 def preset_method_options(per_method: dict[str, dict[str, Any]], method: str) -> dict[str, Any]:
     """The options a preset's ``method_defaults`` give ``method`` (aliases resolved; ``{}`` if none)."""
     from nlbench.methods import get_method
@@ -82,6 +124,38 @@ NUMERIC_FIELDS: dict[str, Any] = {
     "meta_size": Annotated[int, Range(0, 10**7)],
     "val_size": Annotated[int, Range(0, 10**7)],
 }
+
+
+#: The keys ``record_options`` may hold (telemetry that changes the record, not the result; see
+#: nlbench.benchmark.features): a typo must be refused, not silently ignored.
+RECORD_OPTIONS = ("feature_epochs", "feature_samples")
+#: The string fields of a config and the longest value each may have.
+_STR_FIELDS = ("method", "noise", "dataset", "model", "schedule")
+_MAX_NAME = 200
+#: Option values: JSON-like trees at most this deep, with at most this many leaves in all.
+_MAX_OPTION_DEPTH, _MAX_OPTION_LEAVES = 4, 10_000
+_OPTION_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_FIELD_FLAGS = {"method_options": "--opt", "dataset_options": "--data-opt", "record_options": "record_options"}
+
+
+def _option_tree_problem(v: Any, depth: int = 0, budget: list[int] | None = None) -> str | None:
+    """Why ``v`` is not a plain option value (None, bool, int, float, str, or lists / tables of them, shallow
+    and bounded); ``None`` if it is one."""
+    budget = [0] if budget is None else budget
+    budget[0] += 1
+    if budget[0] > _MAX_OPTION_LEAVES:
+        return f"more than {_MAX_OPTION_LEAVES} values"
+    if v is None or isinstance(v, bool | int | float | str):
+        return None if not isinstance(v, str) or len(v) <= 10_000 else "a string over 10,000 characters"
+    if depth >= _MAX_OPTION_DEPTH:
+        return f"nested deeper than {_MAX_OPTION_DEPTH} levels"
+    if isinstance(v, list | tuple):
+        return next((p for x in v if (p := _option_tree_problem(x, depth + 1, budget))), None)
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            return "a table with non-string keys"
+        return next((p for x in v.values() if (p := _option_tree_problem(x, depth + 1, budget))), None)
+    return f"a {type(v).__name__}"
 
 
 def _is_int(v: Any) -> bool:
@@ -136,7 +210,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.milestones, list | tuple):  # anything else is refused by validate()
             self.milestones = tuple(int(m) if _is_int(m) else m for m in self.milestones)
-        if self.model is None:  # the dataset's registration declares it (imported only when needed)
+        if self.model is None and isinstance(self.dataset, str):  # the dataset's registration declares it
             from nlbench.datasets import default_model
 
             self.model = default_model(self.dataset)
@@ -147,8 +221,34 @@ class RunConfig:
         return self.seed if self.noise_seed is None else self.noise_seed
 
     def validate(self) -> None:
-        """Raise :class:`NLBenchError` for values no run can use: the one check of every numeric field, so the
-        CLI, grids and the Python API refuse the same inputs (ranges in :data:`NUMERIC_FIELDS`)."""
+        """Raise :class:`NLBenchError` for values no run can use: the one check of every field, whatever door
+        the value came through (CLI, ``--config``, grids, the Python API, a record's or checkpoint's config),
+        so they all refuse the same inputs: types are strict (``augment = "no"`` is not a boolean, ``method =
+        5`` not a name), numbers in range (:data:`NUMERIC_FIELDS`), option dicts are tables of plain values and
+        ``record_options`` has only the keys of :data:`RECORD_OPTIONS`."""
+        for name in _STR_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v or len(v) > _MAX_NAME or not v.isprintable():
+                raise NLBenchError(f"--{name.replace('_', '-')} must be a name (a non-empty string of at most "
+                                   f"{_MAX_NAME} printable characters), got {_short(v)}")
+        if not isinstance(self.augment, bool):
+            raise NLBenchError(f"--augment must be true or false, got {_short(self.augment)}")
+        for name, flag in _FIELD_FLAGS.items():
+            opts = getattr(self, name)
+            if not isinstance(opts, dict):
+                raise NLBenchError(f"{name} must be a table of key = value ({flag} key=value), got {_short(opts)}")
+            for key, value in opts.items():
+                if not isinstance(key, str) or not _OPTION_KEY.fullmatch(key.replace("-", "_")):
+                    raise NLBenchError(f"{name}: option name {_short(key)} is not an identifier")
+                problem = _option_tree_problem(value)
+                if problem:
+                    raise NLBenchError(f"{name}: option {key} must be a plain value, got {problem}")
+        unknown = sorted(set(self.record_options) - set(RECORD_OPTIONS))
+        if unknown:
+            from nlbench.errors import did_you_mean
+
+            raise NLBenchError(f"unknown record option {unknown[0]!r}.{did_you_mean(unknown[0], RECORD_OPTIONS)} "
+                               f"Valid: {', '.join(RECORD_OPTIONS)}")
         for name in ("seed", "noise_seed"):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or not 0 <= v < 2**63):

@@ -19,6 +19,7 @@ import torch
 import nlbench
 from nlbench.errors import NLBenchError
 from nlbench.methods import plugin_versions
+from nlbench.portable import state as portable_state
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -97,5 +98,7 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         **cpu_numerics(),
+        # portable numerics (nlbench.portable): whether the CPU kernels were pinned to one ISA, and the pins
+        **portable_state(),
         "plugins": plugin_versions(),  # {method: "dist==version"} of methods from entry points
     }

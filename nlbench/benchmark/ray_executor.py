@@ -124,6 +124,18 @@ def adopt_token_auth() -> None:
         log.setLevel(level)
 
 
+def portable_runtime_env() -> dict | None:
+    """The Ray runtime environment of each task when the driver runs in portable numerics (``--portable``,
+    ``NLBENCH_PORTABLE``): ``NLBENCH_PORTABLE=1`` and the pins (:data:`nlbench.portable.PINS`) as environment
+    variables, so Ray starts each run in a worker process whose kernels are pinned before torch loads (Ray merges
+    them into a job's own ``env_vars``); ``None`` otherwise."""
+    from nlbench import portable
+
+    if not portable.requested():
+        return None
+    return {"env_vars": {portable.ENV_FLAG: "1", **portable.PINS}}
+
+
 def nlbench_run(task: Callable[[dict], dict], payload: dict) -> dict:
     """The body of every Ray task (``ray::nlbench_run`` in ``ray status`` and the worker logs)."""
     return task(payload)
@@ -223,10 +235,13 @@ class RayExecutor:
                            f"lower --cpus-per-run/--gpus-per-run")
 
     def prepare(self, payload: dict) -> dict:
-        """The payload as a worker gets it: this executor's thread count, CPU unless a GPU is reserved."""
+        """The payload as a worker gets it: this executor's thread count, CPU unless a GPU is reserved, and
+        ``portable`` when the driver runs in portable numerics."""
         out = {**payload, "threads": self.threads}
         if self.gpus_per_run == 0 and out.get("device", "auto") == "auto":
             out["device"] = "cpu"
+        if portable_runtime_env() is not None:
+            out["portable"] = True
         return out
 
     def run(self, payloads: list[dict]) -> Iterator[tuple[dict, dict | BaseException]]:
@@ -238,8 +253,10 @@ class RayExecutor:
         if not payloads:
             return
         self.connect()
+        runtime_env = portable_runtime_env()
+        remote = self._remote if runtime_env is None else self._remote.options(runtime_env=runtime_env)
         for p in payloads:
-            self._pending[self._remote.remote(self.task, self.prepare(p))] = p
+            self._pending[remote.remote(self.task, self.prepare(p))] = p
         while self._pending:
             ready, _ = ray.wait(list(self._pending), num_returns=1)
             for ref in ready:

@@ -35,6 +35,9 @@ TEMP_MARK = ".tmp-"
 #: seconds after which any temp file counts as orphaned, whoever wrote it (a writer on another host, a reused pid)
 ORPHAN_TTL = 3600.0
 
+#: Largest pid a temp or claim name may carry (Linux's pid_max limit is 2^22; every OS's pid_t holds it).
+MAX_PID = 2**22
+
 #: Largest record file read (real ones are under 1 MB; a feature view of 2000 samples adds about 0.3 MB).
 MAX_RECORD_BYTES = 32 * 2**20
 
@@ -93,11 +96,11 @@ def _host_tag() -> str:
 
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host and is not a zombie (a killed, unreaped process)."""
-    if pid <= 0:
-        return False
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid <= MAX_PID:
+        return False  # a pid that does not fit the OS's pid type names no process (os.kill would overflow)
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):
         return False
     except PermissionError:
         return True
@@ -113,14 +116,14 @@ def is_orphaned_temp(path: str | os.PathLike, *, ttl: float = ORPHAN_TTL, now: f
     is gone, it is older than ``ttl`` seconds, or its name carries no writer (an older nlbench's). A temp
     being written right now is not orphaned, so checking a folder while a grid runs reports nothing."""
     path = Path(path)
-    m = re.search(re.escape(TEMP_MARK) + r"(\d+)@(.+)-[^-]*$", path.name)
+    m = re.search(re.escape(TEMP_MARK) + r"(\d{1,10})@(.+)-[^-]*$", path.name)  # a longer pid is garbage
     if m is None:
         return True
     try:
         age = (time.time() if now is None else now) - path.stat().st_mtime
     except FileNotFoundError:
         return False  # renamed into place meanwhile
-    return age > ttl or (m.group(2) == _host_tag() and not pid_alive(int(m.group(1))))
+    return abs(age) > ttl or (m.group(2) == _host_tag() and not pid_alive(int(m.group(1))))
 
 
 def orphaned_temps(folder: str | os.PathLike, ttl: float = ORPHAN_TTL) -> list[Path]:
@@ -144,9 +147,23 @@ def ensure_runs_dir(results_dir: str | os.PathLike) -> Path:
 
 
 def write_record(results_dir: str | os.PathLike, record: dict) -> Path:
-    """Atomically write ``record`` and return its path."""
-    path = record_path(results_dir, record["run_name"])
-    atomic_write_text(path, json.dumps(_clean_floats(record), indent=1, sort_keys=True) + "\n")
+    """Atomically write ``record`` and return its path.
+
+    The record is checked first, as every reader will check it (:func:`validate_record`, on the record as it
+    will be stored: NaN as null), and it must carry a ``run_name`` (its file name): a record that breaks the
+    schema is refused with :class:`NLBenchError` (one line) and nothing is written, so no writer can leave a
+    record that ``results check`` would then report and every reader skip."""
+    stored = _clean_floats(record)
+    problems = validate_record(stored)
+    if isinstance(stored, dict) and "run_name" not in stored:
+        problems = [*problems, "missing key 'run_name'"]
+    if problems:
+        name = stored.get("run_name") if isinstance(stored, dict) else None
+        shown = name if isinstance(name, str) and len(name) <= 300 and name.isprintable() else "a record"
+        raise NLBenchError(f"refusing to write {shown}: it breaks the record schema: "
+                           + " / ".join(" ".join(p.split()) for p in problems))
+    path = record_path(results_dir, stored["run_name"])
+    atomic_write_text(path, json.dumps(stored, indent=1, sort_keys=True) + "\n")
     return path
 
 
@@ -281,4 +298,20 @@ def find_record(results_dir: str | os.PathLike, run_name: str) -> dict | None:
     name_hash = run_name.rsplit("__", 1)[-1]
     if rec.get("config_hash") != name_hash or config_hash(rec.get("config")) != name_hash:
         return None
+    if is_stale(rec):
+        return None
     return rec
+
+
+def current_method_version(method: str) -> int | None:
+    """The registered version of ``method`` (:attr:`nlbench.methods.Method.version`); None if not registered."""
+    from nlbench.methods import METHODS
+
+    return METHODS.get(method).version if method in METHODS else None
+
+
+def is_stale(rec: dict) -> bool:
+    """Whether ``rec`` was made by an older version of its method than the registered one (its computation has
+    changed since; records without ``method_version`` are version 1), so it must be trained again."""
+    current = current_method_version(str(rec.get("method")))
+    return current is not None and rec.get("method_version", 1) != current

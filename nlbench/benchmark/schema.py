@@ -50,6 +50,9 @@ NONNEG = Range(0)
 POSITIVE = Range(1)
 INT64 = Range(0, 2**63 - 1)
 VERSIONS = Range(1, SCHEMA_VERSION)
+#: Stages a method may train (``nlbench.benchmark.harness.MAX_STAGES``): a record of ``S`` stages has up to
+#: ``S * config.epochs`` history entries, each with its ``stage``.
+STAGES = Range(2, 10)
 
 #: key -> (kind, range, nullable) for the keys every record must have. Kinds: int, num, str, name, bool, dict,
 #: list (``int`` and ``num`` never accept a boolean).
@@ -67,7 +70,8 @@ OPTIONAL: dict[str, tuple[str, Range | None, bool]] = {
     "method_options": ("dict", None, False), "dataset_info": ("dict", None, False),
     "val_noise_report": ("dict", None, True), "sizes": ("dict", None, False), "created": ("str", None, False),
     "error": ("dict", None, False), "features": ("dict", None, False), "path": ("str", None, False),
-    "resumed_from_epoch": ("int", Range(2, 10**6), False),
+    "resumed_from_epoch": ("int", Range(2, 10**6), False), "stages": ("int", STAGES, False),
+    "method_version": ("int", Range(1, 10**6), False), "family_options": ("dict", None, False),
 }
 #: The config keys readers use (others may exist); equal to the record's own where both have them.
 CONFIG: dict[str, tuple[str, Range | None, bool]] = {
@@ -85,7 +89,7 @@ HISTORY: dict[str, tuple[str, Range | None, bool]] = {
     "epoch": ("int", POSITIVE, False), "test_acc": ("num", UNIT, False), "epoch_time_s": ("num", NONNEG, False),
     "val_acc": ("num", UNIT, True), "train_loss": ("num", None, True), "lr": ("num", NONNEG, True),
     "w_clean_mean": ("num", None, True), "w_noisy_mean": ("num", None, True), "w_auroc": ("num", UNIT, True),
-    "w_noisy_below_0.1": ("num", UNIT, True), "w_seen": ("int", INT64, True),
+    "w_noisy_below_0.1": ("num", UNIT, True), "w_seen": ("int", INT64, True), "stage": ("int", POSITIVE, False),
 }
 HISTORY_NEEDS = ("epoch", "test_acc", "epoch_time_s")
 FINAL: dict[str, tuple[str, Range | None, bool]] = {
@@ -193,7 +197,7 @@ def record_problems(rec: Any) -> list[str]:
         c.add(f"key 'config_hash' is {_show(rec['config_hash'])}, not a hex hash")
     c.fields("", rec, OPTIONAL)
     _config(c, rec)
-    _history(c, rec["history"], rec["config"].get("epochs"))
+    _history(c, rec["history"], rec["config"].get("epochs"), rec.get("stages"))
     final = rec["final"]
     if c.fields("final.", final, FINAL) and rec["status"] == "ok":
         if not set(FINAL_NEEDS) <= set(final):
@@ -209,6 +213,9 @@ def record_problems(rec: Any) -> list[str]:
             for i, r in enumerate(rates):
                 if not c.value(f"noise_report.per_class_rate[{i}]", r, "num", UNIT, nullable=True):
                     break
+    for key in ("transition_matrix", "nominal_transition_matrix"):
+        if key in rec["noise_report"]:
+            _matrix(c, f"noise_report.{key}", rec["noise_report"][key])
     if isinstance(rec.get("error"), dict):
         c.fields("error.", rec["error"], {"reason": ("str", None, False), "epoch": ("int", INT64, True)})
     if isinstance(rec.get("sizes"), dict):
@@ -238,10 +245,30 @@ def _config(c: _Checker, rec: dict) -> None:
             c.add(f"{where} has the option name {_show(bad)}, not an identifier")
 
 
-def _history(c: _Checker, history: list, epochs: Any) -> None:
-    if isinstance(epochs, int) and not isinstance(epochs, bool) and len(history) > epochs:
-        c.add(f"history has {len(history)} epochs, the config only {epochs}")
+def _matrix(c: _Checker, where: str, m: Any) -> None:
+    """A transition matrix: a non-empty square list of rows of numbers in [0, 1] (readers take its diagonal)."""
+    if m is None or not c.value(where, m, "list"):
         return
+    if not 1 <= len(m) <= MAX_CLASSES or not all(isinstance(row, list) and len(row) == len(m) for row in m):
+        c.add(f"{where} is not a square matrix of at most {MAX_CLASSES} classes")
+        return
+    for i, row in enumerate(m):
+        if not c.items(f"{where}[{i}]", row, "num", UNIT):
+            return
+
+
+def _history(c: _Checker, history: list, epochs: Any, stages: Any = None) -> None:
+    """Epochs numbered 1, 2, ...; at most ``epochs`` of them, or ``stages * epochs`` for a record of several
+    stages, whose entries then carry their stage (entry ``i`` is in stage ``i // epochs + 1``)."""
+    staged = isinstance(stages, int) and not isinstance(stages, bool) and STAGES.contains(stages)
+    if isinstance(epochs, int) and not isinstance(epochs, bool):
+        limit = epochs * stages if staged else epochs
+        if len(history) > limit:
+            c.add(f"history has {len(history)} epochs, the config only {limit}"
+                  + (f" ({stages} stages of {epochs})" if staged else ""))
+            return
+    else:
+        staged = False  # without a valid epoch count the stages cannot be checked (config.epochs is reported)
     for i, h in enumerate(history):
         if not isinstance(h, dict) or not set(HISTORY_NEEDS) <= set(h):
             c.add(f"history[{i}] lacks epoch/test_acc/epoch_time_s")
@@ -250,6 +277,10 @@ def _history(c: _Checker, history: list, epochs: Any) -> None:
             return
         if h["epoch"] != i + 1:
             c.add(f"key 'history[{i}].epoch' is {h['epoch']}, expected {i + 1} (epochs are numbered 1, 2, ...)")
+            return
+        if staged and h.get("stage") != i // epochs + 1:
+            c.add(f"key 'history[{i}].stage' is {_show(h.get('stage'))}, expected {i // epochs + 1} "
+                  f"({stages} stages of {epochs} epochs)")
             return
 
 

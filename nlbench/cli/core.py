@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
-import tomllib
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,113 +16,58 @@ from rich.table import Table
 
 from nlbench.benchmark.config import RunConfig
 from nlbench.cli import app, console, user_errors
-from nlbench.errors import NLBenchError, did_you_mean
+from nlbench.cli.options import (  # re-exported: the options run and grid share live there
+    DEFAULT_RESULTS,
+    RUN_DEFAULTS,
+    DataRoot,
+    SharedOptions,
+    parse_ints,
+    parse_options,
+    per_run_option,
+    shared_options,
+)
+from nlbench.cli.options import default_text as _default  # noqa: F401
 
 noise_app = typer.Typer(help="Inspect noise specs.", no_args_is_help=True)
 app.add_typer(noise_app, name="noise")
 
-DEFAULT_RESULTS = Path("results")
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["alpha=0.1", "mode=direct"]`` -> ``{"alpha": 0.1, "mode": "direct"}`` (values parsed as JSON if they
-    can be, else kept as strings)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise NLBenchError(f"option {pair!r} must look like key=value")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
-
-
-def _default(name: str) -> str:
-    """``[default: X]`` for a run option, read from :class:`RunConfig` (the one source of the defaults)."""
-    return f"\\[default: {RUN_DEFAULTS[name]:g}]" if isinstance(RUN_DEFAULTS[name], float) else \
-        f"\\[default: {RUN_DEFAULTS[name]}]"
-
+__all__ = ["DEFAULT_RESULTS", "RUN_DEFAULTS", "RUN_KEYS", "DataRoot", "merge_settings", "parse_ints", "parse_options",
+           "read_run_config", "registry_rows"]
 
 RUN_KEYS = [f.name for f in fields(RunConfig)]
-RUN_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
-
-DataRoot = Annotated[Path | None, typer.Option(help="Folder with the data files (else $NLBENCH_DATA_ROOT, "
-                                                    "else system locations).", envvar="NLBENCH_DATA_ROOT")]
+MethodOption, NoiseOption, SeedOption = (per_run_option(n) for n in ("method", "noise", "seed"))
 
 
 @app.command()
+@shared_options(after="config")
 def run(
-    method: Annotated[str | None, typer.Option(help=f"Method name (see `nlbench list methods`) "
-                                                    f"{_default('method')}.")] = None,
-    noise: Annotated[str | None, typer.Option(help="Noise spec, e.g. sym40, pairflip45, idn40, clean.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Named protocol (see `nlbench list presets`); explicit "
-                                                    "options override it.")] = None,
+    method: MethodOption = None,
+    noise: NoiseOption = None,
+    seed: SeedOption = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file of run settings (RunConfig keys, "
                                                 "and `preset`); explicit options override it, it overrides "
                                                 "the preset.")] = None,
-    dataset: Annotated[str | None, typer.Option(help=f"Dataset name {_default('dataset')}.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name \\[default: the dataset's].")] = None,
-    seed: Annotated[int | None, typer.Option(min=0, help=f"Training seed {_default('seed')}.")] = None,
-    noise_seed: Annotated[int | None, typer.Option(min=0, help="Noise seed \\[default: the training seed].")] = None,
-    epochs: Annotated[int | None, typer.Option(help=f"Training epochs {_default('epochs')}.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help=f"Batch size {_default('batch_size')}.")] = None,
-    lr: Annotated[float | None, typer.Option(help=f"Peak learning rate, SGD with momentum {_default('lr')}.")] = None,
-    momentum: Annotated[float | None, typer.Option(help=f"SGD momentum {_default('momentum')}.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help=f"Weight decay {_default('weight_decay')}.")] = None,
-    schedule: Annotated[str | None, typer.Option(help=f"cosine, step or constant {_default('schedule')}.")] = None,
-    milestones: Annotated[str | None, typer.Option(help="Step-schedule epochs, comma-separated.")] = None,
-    meta_size: Annotated[int | None, typer.Option(help="Clean meta-set size, carved before noise "
-                                                       f"{_default('meta_size')}.")] = None,
-    val_size: Annotated[int | None, typer.Option(help=f"Noisy validation split size {_default('val_size')}.")] = None,
-    augment: Annotated[bool | None, typer.Option(help="Random crop + flip on the device.")] = None,
-    opt: Annotated[list[str] | None, typer.Option("--opt", help="Method option key=value (repeatable).")] = None,
-    data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
-    feature_epochs: Annotated[str | None, typer.Option(help="Store a 2-D PCA view of penultimate features at these "
-                                                           "epochs, e.g. 0,1,3 (0 = before training); see "
-                                                           "`nlbench plot features`.")] = None,
-    results_dir: Annotated[Path, typer.Option(help="Where records go (records land in DIR/runs/).")] = DEFAULT_RESULTS,
-    data_root: DataRoot = None,
-    download: Annotated[bool, typer.Option(help="Download missing data (needs internet).")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
-    force: Annotated[bool, typer.Option(help="Rerun even if a finished record exists.")] = False,
-    checkpoint_every: Annotated[float, typer.Option(min=0, help="Seconds between end-of-epoch checkpoints in "
-                                                        "DIR/checkpoints (0: every epoch); a killed run resumes "
-                                                        "from its last one.")] = 60.0,
-    no_checkpoint: Annotated[bool, typer.Option("--no-checkpoint", help="Write no checkpoints.")] = False,
-    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal; off a terminal, one line per "
-                                                "epoch.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole record as JSON.")] = False,
+    *,
+    shared: SharedOptions,
 ) -> None:
     """Train one setting and write its record (resumes: a finished record is reused unless --force)."""
     from nlbench.benchmark.config import RunConfig
     from nlbench.benchmark.harness import train
 
     with user_errors():
-        given = dict(method=method, noise=noise, dataset=dataset, model=model, seed=seed, noise_seed=noise_seed,
-                     epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                     schedule=schedule, milestones=parse_ints(milestones, "--milestones"), meta_size=meta_size,
-                     val_size=val_size, augment=augment, method_options=parse_options(opt),
-                     dataset_options=parse_options(data_opt))
-        if feature_epochs is not None:  # sorted and unique, so 3,0,1 and 0,1,3 are the same config
-            given["record_options"] = {"feature_epochs": sorted(set(parse_ints(feature_epochs, "--feature-epochs")))}
+        given, _ = shared.settings()
+        given.update({k: v for k, v in dict(method=method, noise=noise, seed=seed).items() if v is not None})
         from_file = read_run_config(config) if config is not None else {}
-        preset = preset if preset is not None else from_file.pop("preset", None)
+        preset = shared.preset if shared.preset is not None else from_file.pop("preset", None)
         from_file.pop("preset", None)
-        cfg = RunConfig.from_preset(preset, **merge_settings(from_file, {k: v for k, v in given.items()
-                                                                        if v is not None}))
-        if not math.isfinite(checkpoint_every):
-            raise NLBenchError(f"--checkpoint-every must be a finite number of seconds, got {checkpoint_every} "
-                               "(--no-checkpoint writes none)")
-        if download and data_root is None:
-            raise NLBenchError("--download needs --data-root (the folder to download into)")
+        cfg = RunConfig.from_preset(preset, **merge_settings(from_file, given))
+        shared.check()
         try:  # with --json, stdout is the record alone: per-epoch progress lines go to stderr
             with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-                rec = train(cfg, data_root=data_root, device=device, results_dir=results_dir, progress=progress,
-                            resume=not force, download=download, compile_model=compile_model,
-                            checkpoint_every=None if no_checkpoint else checkpoint_every)
+                rec = train(cfg, data_root=shared.data_root, device=shared.device, results_dir=shared.results_dir,
+                            progress=shared.progress, resume=not shared.force, download=shared.download,
+                            compile_model=shared.compile_model, checkpoint_every=shared.checkpoint_seconds)
         except KeyboardInterrupt:  # records are written whole or not at all: say so, and how to go on
             print("interrupted: no record written; rerun the same command to go on from its last checkpoint",
                   file=sys.stderr)
@@ -137,32 +80,13 @@ def run(
         raise typer.Exit(1)
 
 
-#: Largest --config file read (a run's settings are a few hundred bytes).
-MAX_CONFIG_BYTES = 1 << 20
-
-
 def read_run_config(path: Path) -> dict[str, Any]:
-    """The settings of a ``--config`` TOML file: RunConfig keys (``milestones`` as a list) and ``preset``.
-    Unknown keys are refused with the valid ones and a close match."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise NLBenchError(f"cannot read --config {path}: {e.strerror or e}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise NLBenchError(f"--config {path} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        table = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise NLBenchError(f"--config {path} is not valid TOML: {e}") from None
-    valid = sorted(set(RUN_KEYS) | {"preset"})
-    for key in table:
-        if key not in valid:
-            hint = did_you_mean(key, valid, cutoff=0.6)
-            raise NLBenchError(f"--config {path}: unknown key {key!r}.{hint} Valid: {', '.join(valid)}")
-    if isinstance(table.get("milestones"), list):
-        table["milestones"] = tuple(table["milestones"])
-    return table
+    """The settings of a ``--config`` TOML file: RunConfig keys (``milestones`` as a list) and ``preset``, read as
+    untrusted input; unknown keys are refused with the valid ones and a close match
+    (:func:`nlbench.benchmark.config.load_config_file`)."""
+    from nlbench.benchmark.config import load_config_file
+
+    return load_config_file(path)
 
 
 def merge_settings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -173,16 +97,6 @@ def merge_settings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]
             value = {**out[key], **value}
         out[key] = value
     return out
-
-
-def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    """``"40,80"`` -> ``(40, 80)``; ``None`` stays ``None``."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(m) for m in text.split(",") if m.strip())
-    except ValueError:
-        raise NLBenchError(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
 def print_summary(rec: dict) -> None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from nlbench.cli import app, console, fail, user_errors
-from nlbench.cli.core import DEFAULT_RESULTS, DataRoot, parse_options
+from nlbench.cli.options import DEFAULT_RESULTS, DataRoot, SharedOptions, parse_value, shared_options, split_pair
 from nlbench.errors import NLBenchError
 
 results_app = typer.Typer(help="Inspect the results folder.", no_args_is_help=True)
@@ -69,73 +71,84 @@ def _sigterm_as_interrupt(signum, frame):  # a scheduler's SIGTERM cleans up lik
 
 
 @app.command()
+@shared_options(after="name")
 def grid(
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods, or 'all'.")] = None,
     noises: Annotated[str | None, typer.Option(help="Comma-separated noise specs, e.g. sym20,pairflip45.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated training seeds (default 0).")] = None,
-    grid_name: Annotated[str | None, typer.Option("--grid", help="A named grid from nlbench/grids.toml "
-                                                                 "(the options above override its fields).")] = None,
+    grid_name: Annotated[str | None, typer.Option("--grid", help="A named grid of nlbench/grids.toml, or of the "
+                                                                 "--config file (the options override its "
+                                                                 "values).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A grid file of your own, in the format of "
+                                                "nlbench/grids.toml (a file with one grid may leave out its \\[name] "
+                                                "header); the options override its values.")] = None,
     name: Annotated[str | None, typer.Option(help="Name of the grid log (default: the grid's name, or one "
                                                   "derived from the configs).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset (default fashion-mnist).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model (default: the dataset's).")] = None,
-    meta_size: Annotated[int | None, typer.Option(help="Clean meta-set size.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    data_opt: Annotated[list[str] | None, typer.Option("--data-opt", help="Dataset option key=value.")] = None,
+    sweep: Annotated[list[str] | None, typer.Option("--sweep", help="Sweep a config key, KEY=v1,v2,... "
+                                                    "(repeatable), e.g. meta_size=100,500 or "
+                                                    "method_options.alpha=0.3,1,3; see `nlbench table --by "
+                                                    "KEY`.")] = None,
     workers: Annotated[int, typer.Option(help="Local parallel runs (processes).")] = 1,
-    results_dir: Annotated[Path, typer.Option(help="Where records go (DIR/runs/).")] = DEFAULT_RESULTS,
-    data_root: DataRoot = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address, or 'auto'.")] = None,
     cpus_per_run: Annotated[float, typer.Option(help="Ray: CPUs reserved per run.")] = 1.0,
     gpus_per_run: Annotated[float, typer.Option(help="Ray: GPUs reserved per run (fractions share a GPU).")] = 0.0,
     claim_ttl: Annotated[float, typer.Option(help="Seconds without heartbeat after which another host's claim "
                                                   "is stale.")] = 3600.0,
-    dry_run: Annotated[bool, typer.Option(help="List the runs and whether they are done; run nothing.")] = False,
-    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal.")] = True,
+    dry_run: Annotated[bool, typer.Option(help="List the runs (each name ends with its config hash) and whether "
+                                               "they are done; run nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (with --dry-run: the runs, "
+                                                         "their config hashes and configs).")] = False,
+    *,
+    shared: SharedOptions,
 ) -> None:
-    """Run a grid of settings, skipping those with a finished record; safe to run twice at once."""
-    from nlbench.benchmark.grid import GridSpec, check_claim_ttl, check_executor_options, expand, load_grid, run_grid
-    from nlbench.benchmark.records import find_record
+    """Run a grid of settings, skipping those with a finished record; safe to run twice at once. Takes every
+    protocol and method option of `nlbench run`, a grid of nlbench/grids.toml (--grid) or a grid file of your
+    own (--config)."""
+    from nlbench.benchmark.grid import (
+        GridSpec,
+        check_claim_ttl,
+        check_executor_options,
+        expand,
+        load_grid,
+        override,
+        run_grid,
+    )
 
     with user_errors():
         check_claim_ttl(claim_ttl)
         check_executor_options(workers, cpus_per_run, gpus_per_run)
-        overrides = {"methods": split_list(methods, "methods"), "noises": split_list(noises, "noises"),
-                     "seeds": split_ints(seeds, "seeds"), "dataset": dataset, "epochs": epochs, "model": model,
-                     "meta_size": meta_size, "batch_size": batch_size, "lr": lr}
-        given = {k: v for k, v in overrides.items() if v is not None}
-        data_options = parse_options(data_opt)
-        if grid_name is not None:
-            spec = load_grid(grid_name)
-            for key, value in given.items():
-                setattr(spec, key, value)
-            if data_options:
-                spec.overrides = {**spec.overrides, "dataset_options": data_options}
+        shared.check()
+        settings, swept = shared.settings(sweeps=True)
+        swept.update(parse_sweeps(sweep))
+        identity = {"methods": split_list(methods, "methods"), "noises": split_list(noises, "noises"),
+                    "seeds": split_ints(seeds, "seeds")}
+        if config is not None or grid_name is not None:
+            spec = load_grid(grid_name, config)
+        elif identity["methods"] and identity["noises"]:
+            spec = GridSpec(name="custom")
         else:
-            if not (given.get("methods") and given.get("noises")):
-                raise NLBenchError("give --methods and --noises (comma-separated), or a named grid with --grid")
-            spec = GridSpec(name="custom", dataset=given.pop("dataset", "fashion-mnist"),
-                            methods=given.pop("methods"), noises=given.pop("noises"), seeds=given.pop("seeds", (0,)),
-                            overrides={"dataset_options": data_options} if data_options else {}, **given)
+            raise NLBenchError("give --methods and --noises (comma-separated), or a grid with --grid NAME or "
+                               "--config FILE")
+        spec = override(spec, **identity, preset=shared.preset, settings=settings, sweep=swept)
         configs = expand(spec)
         if name is None:
+            changed = any(v is not None for v in identity.values()) or shared.given() or sweep
             digest = hashlib.sha256(",".join(c.hash() for c in configs).encode()).hexdigest()[:8]
-            name = spec.name if grid_name and not given and not data_options else f"{spec.name}-{digest}"
+            name = f"{spec.name}-{digest}" if changed or spec.name == "custom" else spec.name
         if dry_run:
-            for cfg in configs:
-                done = find_record(results_dir, cfg.run_name()) is not None
-                print(f"{'done' if done else 'todo'} {cfg.run_name()}")
-            print(f"grid {name}: {len(configs)} runs")
+            print_dry_run(configs, spec, name, shared.results_dir, as_json)
             return
         ex = make_executor(executor, workers, ray_address, cpus_per_run, gpus_per_run)
+        if shared.download:
+            download_data(configs, shared.data_root)
         previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if _main_thread() else None
-        try:
-            summary = run_grid(configs, results_dir, ex, progress=progress, name=name, data_root=data_root,
-                               device=device, claim_ttl=claim_ttl, log=lambda m: print(m, file=sys.stderr))
+        try:  # with --json, stdout is the summary alone: progress lines go to stderr
+            with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+                summary = run_grid(configs, shared.results_dir, ex, progress=shared.progress, name=name,
+                                   data_root=shared.data_root, device=shared.device, claim_ttl=claim_ttl,
+                                   log=lambda m: print(m, file=sys.stderr), force=shared.force,
+                                   compile_model=shared.compile_model, checkpoint_every=shared.checkpoint_seconds)
         except KeyboardInterrupt as e:
             s = e.args[0] if e.args else None
             done = f"{s.finished} of {s.total} runs finished in this call" if s is not None else "interrupted"
@@ -144,13 +157,75 @@ def grid(
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-    print(summary.line())
+    if as_json:
+        print(json.dumps(summary_dict(summary), indent=1, sort_keys=True))
+    else:
+        print(summary.line())
     if summary.errors and not (summary.done or summary.failed or summary.skipped):
         messages = {m for _, m in summary.errors}
         if len(messages) == 1:  # every run hit the same user error (missing data, ...): say it once
             raise fail(messages.pop())
     if summary.errors:
         raise typer.Exit(1)
+
+
+def parse_sweeps(pairs: list[str] | None) -> dict[str, tuple]:
+    """``--sweep KEY=v1,v2`` -> ``{KEY: (v1, v2)}`` (values JSON where they parse, else strings)."""
+    out: dict[str, tuple] = {}
+    for pair in pairs or []:
+        key, text = split_pair(pair, "--sweep")
+        values = tuple(parse_value(v.strip()) for v in text.split(",") if v.strip())
+        if not values:
+            raise NLBenchError(f"--sweep {pair!r} sweeps no value")
+        out[key] = values
+    return out
+
+
+def _dotted(config: dict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def print_dry_run(configs: list, spec: Any, name: str, results_dir: Path, as_json: bool) -> None:
+    """The runs of a grid, whether each is done, and (for a sweep) the swept values of each."""
+    from nlbench.benchmark.records import find_record
+
+    done = [find_record(results_dir, cfg.run_name()) is not None for cfg in configs]
+    if as_json:
+        runs = [{"run_name": cfg.run_name(), "config_hash": cfg.hash(), "done": d, "config": cfg.to_dict()}
+                for cfg, d in zip(configs, done, strict=True)]
+        print(json.dumps({"name": name, "runs": runs}, indent=1, sort_keys=True))
+        return
+    for cfg, d in zip(configs, done, strict=True):
+        values = [(key, _dotted(cfg.to_dict(), key)) for key in spec.sweep]
+        shown = "".join(f" {key}={json.dumps(v)}" for key, v in values if v is not None)
+        print(f"{'done' if d else 'todo'} {cfg.run_name()}{shown}")
+    print(f"grid {name}: {len(configs)} runs, {sum(done)} done, {len(configs) - sum(done)} to run")
+
+
+def summary_dict(summary: Any) -> dict[str, Any]:
+    """A :class:`GridSummary` as JSON-ready data."""
+    return {"name": summary.name, "total": summary.total, "done": summary.done, "skipped": summary.skipped,
+            "failed": summary.failed, "left_to_other": summary.left_to_other,
+            "errors": [{"run_name": r, "message": m} for r, m in summary.errors],
+            "wall_time_s": round(summary.wall_time_s, 3), "complete": summary.complete}
+
+
+def download_data(configs: list, data_root: Path | None) -> None:
+    """``--download``: fetch the data of every dataset the grid uses, once, before any run starts (workers
+    must not race to download into one folder)."""
+    from nlbench.datasets import load_dataset
+
+    seen: set[tuple[str, str]] = set()
+    for cfg in configs:
+        key = (cfg.dataset, json.dumps(cfg.dataset_options, sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            load_dataset(cfg.dataset, data_root, download=True, **cfg.dataset_options)
 
 
 def _main_thread() -> bool:
@@ -285,10 +360,11 @@ def results_export(
     results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
 ) -> None:
     """Write every valid record as one CSV row: what ran, final metrics and noise in percent (unit in the
-    column name), flags and the flattened config, the columns of `nlbench.load_records`."""
+    column name), flags and the flattened config, the columns of `nlbench.load_records`. Text cells that a
+    spreadsheet would run as a formula (starting with = + - @, a tab or a line break) get a leading ' (OWASP)."""
     import warnings
 
-    from nlbench.api import load_records
+    from nlbench.api import load_records, records_csv
     from nlbench.benchmark.records import atomic_write_text
 
     with user_errors():
@@ -297,7 +373,7 @@ def results_export(
             df = load_records(results_dir)
         for w in caught:
             _warn(str(w.message))
-        text = df.to_csv(index=False)
+        text = records_csv(df)  # formula cells (= + - @ ...) neutralised: the CSV opens safely in a spreadsheet
         if str(csv) == "-":
             sys.stdout.write(text)
             return
@@ -311,7 +387,11 @@ def results_check(
     claim_ttl: Annotated[float, typer.Option(help="Claim staleness TTL in seconds (as for grid).")] = 3600.0,
 ) -> None:
     """List unreadable or schema-breaking records, orphaned temp files and checkpoints, stale claims and
-    duplicate config hashes; exit 1 if there are any, 0 if the folder is clean."""
+    duplicate config hashes, one per line on stdout; exit 1 if there are any, 0 if the folder is clean. Records
+    made by an older version of their method are listed as warnings on stderr ("stale record") and counted in
+    the last line: they are valid but superseded (a grid or run trains them again, `results verify` does not
+    rerun them), so they leave the exit code as it is."""
+    from nlbench.benchmark import verify as V
     from nlbench.benchmark.checkpoint import scan_checkpoints
     from nlbench.benchmark.grid import check_claim_ttl, read_grid_logs, stale_claims
     from nlbench.benchmark.records import orphaned_temps, scan_records
@@ -329,9 +409,14 @@ def results_check(
             lines += [f"{p}: orphaned temp file" for p in orphaned_temps(grids)]
         resumable, ckpt_problems = scan_checkpoints(results_dir, {r["run_name"] for r in records})
         lines += [f"{p}: {why}" for p, why in ckpt_problems]
+        stale = [f"{rec['_path']}: stale record, {why}" for rec in records
+                 if (why := V.stale_reason(rec)) is not None]
     for line in lines:
         print(line)
+    for line in stale:  # warnings go to stderr, as everywhere: stdout lists the problems alone
+        _warn(line)
     more = f", {len(resumable)} resumable checkpoint(s)" if resumable else ""
+    more += f", {len(stale)} stale (older method version; warning)" if stale else ""
     print(f"{len(records)} valid records{more}, {len(lines)} problem(s) in {results_dir}")
     if lines:
         raise typer.Exit(1)
@@ -345,36 +430,44 @@ def results_verify(
     results_dir: Annotated[Path, typer.Option(help="Folder with the records (DIR/runs/).")] = DEFAULT_RESULTS,
     data_root: DataRoot = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    max_epochs: Annotated[int, typer.Option(min=1, max=1_000_000, help="Skip (and say so) records whose config "
+                                            "asks for more epochs than this.")] = 200,
 ) -> None:
-    """Rerun a random sample of records (each with the thread count its record states) and report, per record:
-    bit-identical, different but within the seed spread of its cell, or outside it; exit 1 if any is outside.
-    Nothing is written."""
-    import torch
-
+    """Rerun a random sample of records, each in a fresh process with its record's numerics (portable mode if the
+    record was made in it, else the machine's native kernels) and thread count, and report, per record:
+    bit-identical, different but within the seed spread of its cell, or outside it, and whether it was made in
+    portable numerics; exit 1 if any is outside, or if a record's config cannot be trained by this nlbench
+    (reported as such). Records made by an older version of their method are reported as stale and not rerun,
+    records over --max-epochs as skipped. Nothing is written."""
     from nlbench.benchmark import verify as V
-    from nlbench.benchmark.config import RunConfig
-    from nlbench.benchmark.harness import train
     from nlbench.benchmark.records import scan_records
 
     with user_errors():
         if not results_dir.is_dir():
             raise NLBenchError(f"results folder {results_dir} does not exist")
-        records, _ = scan_records(results_dir)
+        records, problems = scan_records(results_dir)
+        for p in problems:
+            _warn(f"skipped {p.path}: {p.problem}")
         pool = [r for r in records if method is None or r["method"] == method]
         if not pool:
             raise NLBenchError(f"no valid records{'' if method is None else f' of method {method!r}'} "
                                f"in {results_dir}")
-        verdicts, threads_before = [], torch.get_num_threads()
-        try:
-            for rec in V.sample(pool, sample, seed):
-                threads = rec["env"].get("threads")
-                torch.set_num_threads(threads if isinstance(threads, int) and threads >= 1 else threads_before)
-                rerun = train(RunConfig.from_dict(rec["config"]), data_root=data_root, device=device,
-                              results_dir=None, checkpoint_every=None)
-                verdicts.append(V.classify(rec, rerun, V.seed_spread(rec, records)))
-                print(verdicts[-1].line(), flush=True)
-        finally:
-            torch.set_num_threads(threads_before)
-    print(V.summary_line(verdicts))
-    if any(v.verdict == "outside" for v in verdicts):
+        current = [r for r in records if V.stale_line(r) is None]  # stale records widen no seed spread
+        verdicts: list = []
+        skipped = stale = unrunnable = 0
+        for rec in V.sample(pool, sample, seed):
+            why = V.stale_line(rec)
+            if why is not None:
+                stale += 1
+            elif (why := V.refusal(rec, max_epochs)) is not None:
+                skipped += 1
+            elif (why := V.unrunnable(rec)) is not None:
+                unrunnable += 1
+            else:
+                rerun = V.rerun(rec, data_root=data_root, device=device)
+                verdicts.append(V.classify(rec, rerun, V.seed_spread(rec, current)))
+                why = verdicts[-1].line()
+            print(why, flush=True)
+    print(V.summary_line(verdicts, skipped=skipped, stale=stale, unrunnable=unrunnable))
+    if unrunnable or any(v.verdict == "outside" for v in verdicts):
         raise typer.Exit(1)

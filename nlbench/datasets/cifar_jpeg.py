@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import tarfile
@@ -27,7 +28,8 @@ from nlbench.datasets import register_dataset
 from nlbench.datasets.base import Dataset
 from nlbench.datasets.cifar import CIFAR10_ASYM_MAP, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from nlbench.datasets.cifarn import CIFAR10N_NOISES, CIFAR_N_FIX, _LazyCifarN, load_cifar_n
-from nlbench.errors import DataError
+from nlbench.errors import DataError, NLBenchError
+from nlbench.safe_io import check_regular, open_regular, read_bounded
 
 JPEG_TAR = "cifar10-jpeg.tar.gz"
 JPEG_CACHE = "cache-v1.npz"
@@ -38,11 +40,22 @@ JPEG_CAVEAT = ("JPEG-compressed copy of CIFAR-10 (quality 75, 4:2:0 chroma), not
 _JPEG_NAME = re.compile(r"(?:^|/)(train|test)/([^/]+)/(\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
 
 
+#: Largest image file (a 32x32 JPEG is about 1 KB), image size in pixels, member count and cache file read.
+MAX_IMAGE_BYTES = 1 << 20
+MAX_IMAGE_PIXELS = 256 * 256
+MAX_MEMBERS = 200_000
+MAX_CACHE_BYTES = 2 * 2**30
+
+
 def _decode_image(data: bytes, where: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # Pillow comes with torchvision
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            # the header's size, before any pixel is decoded: a small file may claim 8000x8000
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise DataError(f"image {where} is {im.size[0]}x{im.size[1]} pixels, over the "
+                                f"{MAX_IMAGE_PIXELS:,} a CIFAR image may have; replace the file")
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"cannot decode image {where} ({e}); replace the file") from None
@@ -53,12 +66,17 @@ def _iter_jpeg_source(folder: Path) -> Iterator[tuple[str, bytes, str]]:
     tar = folder / JPEG_TAR
     if tar.is_file():
         try:
-            with tarfile.open(tar, "r|*") as tf:
-                for member in tf:
+            with open_regular(tar, "archive") as raw, tarfile.open(fileobj=raw, mode="r|*") as tf:
+                for count, member in enumerate(tf, 1):
+                    if count > MAX_MEMBERS:
+                        raise DataError(f"archive {tar} has more than {MAX_MEMBERS:,} members: {JPEG_FIX}")
                     if member.isfile() and _JPEG_NAME.search(member.name):
+                        if member.size > MAX_IMAGE_BYTES:  # read at most this much: no member inflates without bound
+                            raise DataError(f"archive member {tar}:{member.name} is {member.size:,} bytes, over the "
+                                            f"{MAX_IMAGE_BYTES:,} a CIFAR image may have; replace the archive")
                         f = tf.extractfile(member)
                         assert f is not None
-                        yield member.name, f.read(), f"{tar}:{member.name}"
+                        yield member.name, f.read(MAX_IMAGE_BYTES + 1), f"{tar}:{member.name}"
         except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
             raise DataError(f"corrupted archive {tar} ({e}): replace it; {JPEG_FIX}") from None
         return
@@ -66,7 +84,7 @@ def _iter_jpeg_source(folder: Path) -> Iterator[tuple[str, bytes, str]]:
         for path in sorted((folder / split).glob("*/*")):
             rel = path.relative_to(folder).as_posix()
             if path.is_file() and _JPEG_NAME.search(rel):
-                yield rel, path.read_bytes(), str(path)
+                yield rel, read_bounded(path, MAX_IMAGE_BYTES, "image"), str(path)
 
 
 def _decode_jpeg_tree(folder: Path) -> dict[str, np.ndarray]:
@@ -119,16 +137,84 @@ def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def _read_jpeg_cache(path: Path) -> dict[str, np.ndarray] | None:
-    """The cached class-sorted arrays, or None if the cache is unreadable (it is then rebuilt)."""
+#: cache key -> (dtype, trailing shape) it must have; labels are CIFAR-10 classes 0..9
+_CACHE_KEYS = {"x_train": (np.uint8, (3, 32, 32)), "y_train": (np.int64, ()),
+               "x_test": (np.uint8, (3, 32, 32)), "y_test": (np.int64, ())}
+
+
+def source_digest(folder: Path) -> str:
+    """SHA-256 of what the cache is decoded from: the archive's bytes, or the extracted tree's file names and
+    contents. The cache stores it, and a cache of another source (or a tampered one) is rebuilt."""
+    import hashlib
+
+    h = hashlib.sha256()
+    tar = folder / JPEG_TAR
+    if tar.is_file():
+        with open_regular(tar, "archive") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    else:
+        for split in ("train", "test"):
+            for path in sorted((folder / split).glob("*/*")):
+                if path.is_file():
+                    h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+                    h.update(read_bounded(path, MAX_IMAGE_BYTES, "image"))
+    return h.hexdigest()
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in _CACHE_KEYS:
+        h.update(k.encode() + str(arrays[k].shape).encode())
+        h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()
+
+
+def _read_jpeg_cache(path: Path, digest: str | None = None) -> dict[str, np.ndarray] | None:
+    """The cached class-sorted arrays, or None if the cache is unusable (it is then rebuilt).
+
+    The cache is untrusted input: it must be a regular file under :data:`MAX_CACHE_BYTES`; each array's header
+    is read before its data (a header may claim 300 GiB) and must give the dtype and shape of :data:`_CACHE_KEYS`
+    within the member's size; labels must be classes 0..9; and the stored digests must match the arrays and,
+    when ``digest`` is given, the source they were decoded from (:func:`source_digest`)."""
+    import zipfile
+
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError, EOFError, zlib.error):
+        check_regular(path, "cache")
+        if path.stat().st_size > MAX_CACHE_BYTES:
+            return None
+        arrays: dict[str, np.ndarray] = {}
+        with open_regular(path, "cache") as raw, zipfile.ZipFile(raw) as zf:
+            for key in (*_CACHE_KEYS, "digest"):
+                info = zf.getinfo(f"{key}.npy")
+                if info.file_size > MAX_CACHE_BYTES:
+                    return None
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(f)
+                    if math.prod(shape) * dtype.itemsize > info.file_size:
+                        return None  # the header claims more data than the member holds
+                    if key in _CACHE_KEYS:
+                        want, tail = _CACHE_KEYS[key]
+                        if dtype != np.dtype(want) or tuple(shape[1:]) != tail or len(shape) != 1 + len(tail):
+                            return None
+                with zf.open(info) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+    except (NLBenchError, OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile):
         return None
-    ok = (arrays["x_train"].dtype == np.uint8 and arrays["x_train"].ndim == 4
-          and len(arrays["x_train"]) == len(arrays["y_train"]) and len(arrays["x_test"]) == len(arrays["y_test"]))
+    stored = str(arrays.pop("digest").reshape(-1)[0]) if arrays["digest"].size == 1 else ""
+    ok = (len(arrays["x_train"]) == len(arrays["y_train"]) and len(arrays["x_test"]) == len(arrays["y_test"])
+          and all(((a >= 0) & (a < 10)).all() for a in (arrays["y_train"], arrays["y_test"]))
+          and stored == _cache_digest(arrays, digest if digest is not None else stored.split(":")[0]))
     return arrays if ok else None
+
+
+def _cache_digest(arrays: dict[str, np.ndarray], source: str) -> str:
+    return f"{source}:{_arrays_digest(arrays)}"
 
 
 def recover_cifar10_order(clean_label: np.ndarray) -> np.ndarray:
@@ -162,15 +248,22 @@ def cifar10_jpeg(root: Path | None, download: bool = False) -> Dataset:
         raise DataError(f"missing folder {folder}: {JPEG_FIX}")
     cache = folder / JPEG_CACHE
     info = {"source": str(folder), "caveat": JPEG_CAVEAT}
-    arrays = _read_jpeg_cache(cache) if cache.is_file() else None
+    has_source = (folder / JPEG_TAR).is_file() or (folder / "train").is_dir()
+    digest = source_digest(folder) if has_source else None
+    arrays = _read_jpeg_cache(cache, digest) if os.path.lexists(cache) else None
     if arrays is not None:
         info["cache"] = f"read {cache}"
     else:
-        if not (folder / JPEG_TAR).is_file() and not (folder / "train").is_dir():
+        if not has_source:
             raise DataError(f"missing {folder / JPEG_TAR}: {JPEG_FIX}")
+        if os.path.lexists(cache):
+            warnings.warn(f"cifar10-jpeg: ignoring the cache {cache} (damaged, tampered or of another source); "
+                          "decoding the JPEG files again", stacklevel=2)
         arrays = _decode_jpeg_tree(folder)
         try:
-            _write_npz_atomic(cache, arrays)
+            if os.path.lexists(cache) and not cache.is_file():
+                raise OSError(f"{cache} is not a regular file")
+            _write_npz_atomic(cache, {**arrays, "digest": np.array(_cache_digest(arrays, digest))})
             info["cache"] = f"wrote {cache}"
         except OSError as e:
             info["cache"] = f"not written ({e}); every load decodes the JPEG files again"

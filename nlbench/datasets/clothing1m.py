@@ -7,7 +7,9 @@ Data root layout::
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -17,8 +19,9 @@ import torch
 
 from nlbench.datasets import register_dataset
 from nlbench.datasets.base import Dataset
-from nlbench.errors import DataError
+from nlbench.errors import DataError, NLBenchError
 from nlbench.options import Range
+from nlbench.safe_io import open_regular, read_bounded
 
 CLOTHING1M_CLASSES = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker", "Jacket",
                       "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear"]
@@ -52,21 +55,30 @@ class ImageListSplit:
         return self if n is None else ImageListSplit(self.folder, self.paths[:n], self.labels[:n])
 
 
+#: Largest list file read (the official noisy_label_kv.txt is about 50 MB) and largest image, in bytes and pixels.
+MAX_LIST_BYTES = 256 * 2**20
+MAX_IMAGE_BYTES = 64 * 2**20
+MAX_IMAGE_PIXELS = 25_000_000
+
+
 def _read_lines(path: Path) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    except FileNotFoundError:
-        raise DataError(f"missing Clothing1M list file {path}: {CLOTHING1M_FIX}") from None
-    except (OSError, UnicodeDecodeError) as e:
+    if not os.path.lexists(path):
+        raise DataError(f"missing Clothing1M list file {path}: {CLOTHING1M_FIX}")
+    try:  # a regular file of bounded size only: a FIFO or /dev/zero in its place is refused, not read
+        text = read_bounded(path, MAX_LIST_BYTES, "Clothing1M list file").decode("utf-8")
+    except NLBenchError as e:
+        raise DataError(f"{e}: {CLOTHING1M_FIX}") from None
+    except UnicodeDecodeError as e:
         raise DataError(f"unreadable Clothing1M list file {path} ({e}): {CLOTHING1M_FIX}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _read_kv(path: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for n, line in enumerate(_read_lines(path), 1):
         parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or not 0 <= int(parts[1]) < 14:
+        # ASCII digits only: str.isdigit() accepts '²', which int() then refuses
+        if len(parts) != 2 or not re.fullmatch(r"[0-9]{1,2}", parts[1]) or not 0 <= int(parts[1]) < 14:
             raise DataError(f"Clothing1M label file {path} line {n} is not '<path> <label 0..13>': {line[:80]!r}")
         out[parts[0]] = int(parts[1])
     return out
@@ -99,7 +111,22 @@ def _decode_resized(path: Path, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with open_regular(path, "Clothing1M image") as raw:
+            if os.fstat(raw.fileno()).st_size > MAX_IMAGE_BYTES:
+                raise DataError(f"Clothing1M image {path} is larger than {MAX_IMAGE_BYTES:,} bytes; replace the file")
+            data = io.BytesIO(raw.read(MAX_IMAGE_BYTES + 1))
+    except FileNotFoundError:
+        raise DataError(f"missing Clothing1M image {path}: {CLOTHING1M_FIX}") from None
+    except NLBenchError as e:
+        if not os.path.lexists(path):
+            raise DataError(f"missing Clothing1M image {path}: {CLOTHING1M_FIX}") from None
+        raise DataError(f"{e}; replace the file") from None
+    try:
+        with Image.open(data) as im:
+            # the header's size, before any pixel is decoded: a small PNG may claim 8000x8000
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                raise DataError(f"Clothing1M image {path} is {im.size[0]}x{im.size[1]} pixels, over the "
+                                f"{MAX_IMAGE_PIXELS:,} allowed; replace the file")
             im = im.convert("RGB")
             w, h = im.size
             scale = size / min(w, h)

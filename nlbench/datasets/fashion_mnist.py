@@ -9,7 +9,6 @@ An explicit root is never silently swapped for the Debian copy: if it lacks the 
 
 from __future__ import annotations
 
-import gzip
 import math
 import struct
 from pathlib import Path
@@ -22,6 +21,7 @@ from nlbench.datasets import register_dataset
 from nlbench.datasets.base import DEBIAN_DATASETS, Dataset, balanced_subsample
 from nlbench.errors import DataError, NLBenchError
 from nlbench.options import Range
+from nlbench.safe_io import read_maybe_gzip
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -38,6 +38,8 @@ FILES = {
 #: every mapped class loses exactly the nominal share (no chained flips, cf. ELR#16).
 ASYM_MAP = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 9, 9: 7}
 
+#: Largest IDX file read, compressed or inflated (the training images inflate to 47,040,016 bytes).
+MAX_IDX_BYTES = 64 * 2**20
 _MAGIC = {1: 2049, 3: 2051}  # IDX magic for ubyte data of 1 (labels) and 3 (images) dimensions
 FIX = ("install Debian's package (apt-get install dataset-fashion-mnist), point --data-root at a folder "
        "with the four .gz files, or pass --download")
@@ -46,14 +48,16 @@ FIX = ("install Debian's package (apt-get install dataset-fashion-mnist), point 
 def read_idx(path: Path, expected_count: int | None = None, ndim: int | None = None) -> np.ndarray:
     """Read a gzipped (or plain) IDX ubyte file into a uint8 array, checking magic number, ``ndim`` (1 for
     labels, 3 for images, if given), size and ``expected_count`` items."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    if not path.exists():
+        raise DataError(f"missing data file {path}: {FIX}")
+    # bounded: a real file inflates to its header and expected_count items of 28x28 (images) or 1 byte (labels);
+    # a gzip bomb, a FIFO or /dev/zero in its place is refused, not read
+    limit = MAX_IDX_BYTES if expected_count is None else 16 + expected_count * (28 * 28 if ndim != 1 else 1)
     try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"missing data file {path}: {FIX}") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"corrupted data file {path} ({e}): delete it and {FIX}") from None
+        raw = read_maybe_gzip(path, MAX_IDX_BYTES, min(limit, MAX_IDX_BYTES), "data file")
+    except NLBenchError as e:
+        raise DataError(f"corrupted data file {path} ({str(e).replace(f'data file {path} ', '')}): delete it "
+                        f"and {FIX}") from None
     if len(raw) < 8:
         raise DataError(f"truncated data file {path} ({len(raw)} bytes): delete it and {FIX}")
     magic = struct.unpack(">I", raw[:4])[0]

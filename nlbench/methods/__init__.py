@@ -8,6 +8,7 @@ found through the ``nlbench.methods`` entry-point group: an entry point ``name =
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from importlib.metadata import entry_points
 
@@ -44,12 +45,22 @@ def load_plugins() -> None:
     _PLUGINS_LOADED = True
     for ep in entry_points(group="nlbench.methods"):
         before = set(METHODS.list())
+        snapshot = _registry_snapshot()
         try:
             ep.load()
-        except Exception as e:  # a third-party import error names the plugin and is skipped
+            changed = _changed_methods(snapshot)
+            if changed:
+                raise _PluginRefused(f"it replaced or changed the already registered method(s) {', '.join(changed)}")
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001  (SystemExit from an import is a plugin failure, not an exit)
+            # a failed plugin provides nothing: whatever it registered or replaced is undone
+            _restore_registry(snapshot)
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            FAILED_PLUGINS[ep.name] = why
-            print(f"warning: method plugin {ep.name!r} ({ep.value}) failed to load: {why}", file=sys.stderr)
+            if isinstance(e, SystemExit):
+                why = f"it raised SystemExit({e.code!r}) on import"
+            FAILED_PLUGINS[ep.name] = why[:300]
+            print(f"warning: method plugin {ep.name!r} ({ep.value}) failed to load: {why[:300]}", file=sys.stderr)
             continue
         dist = getattr(ep, "dist", None)
         origin = f"{dist.name}=={dist.version}" if dist is not None else ep.value
@@ -58,6 +69,49 @@ def load_plugins() -> None:
         new = set(METHODS.list()) - before or ({ep.name} if ep.name in METHODS else set())
         for name in new:
             PLUGIN_DISTS[METHODS.canonical(name)] = origin
+
+
+class _PluginRefused(Exception):
+    """A plugin that changed a method registered before it (a built-in or another plugin's)."""
+
+
+def _registry_snapshot() -> tuple[dict, dict, dict]:
+    """The method registry's entries and aliases, and each registered class's own attributes, so that what a
+    plugin changes can be found and undone."""
+    items = dict(METHODS._items)
+    return items, dict(METHODS._aliases), {name: dict(vars(cls)) for name, cls in items.items()}
+
+
+def _changed_methods(snapshot: tuple[dict, dict, dict]) -> list[str]:
+    """Methods registered before the snapshot that are now missing, another object, or a class whose own
+    attributes (``step``, ``oracle``, ...) were replaced: a plugin may add methods, never alter others."""
+    items, aliases, attrs = snapshot
+    changed = [name for name, obj in items.items()
+               if METHODS._items.get(name) is not obj or dict(vars(obj)) != attrs[name]]
+    changed += [a for a, target in aliases.items() if METHODS._aliases.get(a) != target]
+    return sorted(set(changed))
+
+
+def _restore_registry(snapshot: tuple[dict, dict, dict]) -> None:
+    items, aliases, attrs = snapshot
+    METHODS._items.clear()
+    METHODS._items.update(items)
+    METHODS._aliases.clear()
+    METHODS._aliases.update(aliases)
+    for name, cls in items.items():
+        now = dict(vars(cls))
+        if now == attrs[name]:
+            continue
+        for key in now.keys() - attrs[name].keys():
+            with contextlib.suppress(AttributeError, TypeError):
+                delattr(cls, key)
+        for key, value in attrs[name].items():
+            if now.get(key, _ABSENT) is not value:
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(cls, key, value)
+
+
+_ABSENT = object()
 
 
 def plugin_versions() -> dict[str, str]:

@@ -5,8 +5,9 @@ The pieces, each usable on its own (and re-exported here, so ``from nlbench.benc
 works):
 
 * :mod:`~nlbench.benchmark.grid.specs`: :class:`GridSpec` / :func:`expand` / :func:`load_grid`: methods x noises
-  x seeds (plus extra rows) over one base protocol, in a deterministic order, with canonical names so a config
-  hashes like the record it produces.
+  x seeds (x swept values, plus extra rows) over one base protocol, in a deterministic order, with canonical
+  names so a config hashes like the record it produces; grids come from ``nlbench/grids.toml`` or a grid file
+  of the user's own (:func:`named_grids`), and :func:`override` puts command-line values on top.
 * :mod:`~nlbench.benchmark.grid.executors`: :func:`run_one` and the :class:`Executor` protocol: how runs execute.
   ``run_one(payload) -> record`` is a top-level, picklable function that never writes files; an executor maps it
   over payloads and yields ``(payload, record or exception)`` as runs complete. :class:`LocalExecutor` runs
@@ -55,21 +56,29 @@ from nlbench.benchmark.grid.executors import (
     run_one,
 )
 from nlbench.benchmark.grid.specs import (
+    GRID_KEYS,
     GRIDS_FILE,
+    PROTOCOL_KEYS,
     GridRow,
     GridSpec,
     canonical_methods,
+    check_sweep,
     expand,
+    grids_in,
     load_grid,
+    method_option_names,
     named_grids,
+    override,
     parse_grid,
+    read_toml,
 )
 
 __all__ = [
-    "CLAIMS_DIR", "DEFAULT_CLAIM_TTL", "GRIDS_DIR", "GRIDS_FILE", "MAX_CLAIM_BYTES", "MAX_CPUS_PER_RUN",
-    "MAX_GPUS_PER_RUN", "MAX_GRID_LOG_BYTES", "MAX_WORKERS", "MIN_CLAIM_TTL", "Claims", "Executor", "GridRow",
-    "GridSpec", "GridSummary", "LocalExecutor", "canonical_methods", "check_claim_ttl", "check_executor_options",
-    "claim_is_stale", "claim_path", "claims_dir", "cpu_count", "expand", "grid_log_path", "load_grid",
-    "named_grids", "parse_grid", "payload_for", "read_claim", "read_grid_logs", "remove_claims_dir",
-    "remove_stale_claim", "run_grid", "run_one", "stale_claims",
+    "CLAIMS_DIR", "DEFAULT_CLAIM_TTL", "GRIDS_DIR", "GRIDS_FILE", "GRID_KEYS", "MAX_CLAIM_BYTES", "MAX_CPUS_PER_RUN",
+    "MAX_GPUS_PER_RUN", "MAX_GRID_LOG_BYTES", "MAX_WORKERS", "MIN_CLAIM_TTL", "PROTOCOL_KEYS", "Claims", "Executor",
+    "GridRow", "GridSpec", "GridSummary", "LocalExecutor", "canonical_methods", "check_claim_ttl",
+    "check_executor_options", "check_sweep", "claim_is_stale", "claim_path", "claims_dir", "cpu_count", "expand",
+    "grid_log_path", "grids_in", "load_grid", "method_option_names", "named_grids", "override", "parse_grid",
+    "payload_for", "read_claim", "read_grid_logs", "read_toml", "remove_claims_dir", "remove_stale_claim", "run_grid",
+    "run_one", "stale_claims",
 ]

@@ -59,6 +59,10 @@ def claim_path(results_dir: str | os.PathLike, run_name: str) -> Path:
     return claims_dir(results_dir) / f"{run_name}.claim"
 
 
+#: The pids a claim may hold: positive and within Linux's pid_max limit (2^22), which fits every OS's pid_t.
+MIN_PID, MAX_PID = 1, 2**22
+
+
 def read_claim(path: str | os.PathLike) -> dict | None:
     """The claim's content, ``{}`` if it is unreadable (empty, garbage, a FIFO: never blocks, reads at most
     :data:`MAX_CLAIM_BYTES`), ``None`` if it is gone."""
@@ -87,7 +91,11 @@ def claim_is_stale(info: dict, mtime: float, *, now: float, ttl: float, host: st
     pid, claim_host = info.get("pid"), info.get("host")
     if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(claim_host, str):
         return True
-    if now - mtime > ttl:
+    if not MIN_PID <= pid <= MAX_PID:  # no process has it (a pid that does not fit the OS type is garbage)
+        return True
+    # a heartbeat more than a TTL in the future (clock skew between hosts, a forged date) would otherwise
+    # never grow old: it counts as stale like one more than a TTL in the past
+    if abs(now - mtime) > ttl:
         return True
     host = socket.gethostname() if host is None else host
     return claim_host == host and not alive(pid)

@@ -119,17 +119,20 @@ def _update_grid_log(results_dir: Path, name: str, configs: list[RunConfig], sum
 
 
 def payload_for(cfg: RunConfig, data_root: str | os.PathLike | None = None, device: str = "auto",
-                threads: int | None = None, checkpoint_dir: str | os.PathLike | None = None) -> dict:
+                threads: int | None = None, checkpoint_dir: str | os.PathLike | None = None, *,
+                checkpoint_every: float = 60.0, resume: bool = True, compile_model: bool = False) -> dict:
     """The :func:`run_one` payload of ``cfg``."""
     return {"config": cfg.to_dict(), "data_root": None if data_root is None else str(data_root),
             "device": device, "threads": threads,
-            "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir)}
+            "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+            "checkpoint_every": checkpoint_every, "resume": resume, "compile_model": compile_model}
 
 
 def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor: Executor, *,
              progress: bool = True, name: str = "grid", data_root: str | os.PathLike | None = None,
              device: str = "auto", claim_ttl: float = DEFAULT_CLAIM_TTL,
-             log: Callable[[str], None] | None = None) -> GridSummary:
+             log: Callable[[str], None] | None = None, force: bool = False, compile_model: bool = False,
+             checkpoint_every: float | None = 60.0) -> GridSummary:
     """Run every config that has no valid record yet in ``results_dir``; return what happened.
 
     Finished runs are skipped (same config hash, via :func:`find_record`); the rest are claimed, executed by
@@ -142,6 +145,10 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
     time spent, ``summary.interrupted`` is set and the interrupt is re-raised with the summary as its first
     argument (the CLI exits 130). A ``kill -9`` leaves at most stale claims, which the next call takes over, and
     the temp file of a record being written, which the next call deletes.
+
+    ``force`` reruns runs that have a finished record too (replacing it; no checkpoint is read);
+    ``compile_model`` compiles each run's model; ``checkpoint_every`` is the seconds between a run's end-of-epoch
+    checkpoints under ``<results_dir>/checkpoints`` (``None``: none), as for ``nlbench run``.
     """
     claim_ttl = check_claim_ttl(claim_ttl)
     results_dir = Path(results_dir)
@@ -159,12 +166,12 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
     try:
         todo: list[RunConfig] = []
         for cfg in configs:
-            if find_record(results_dir, cfg.run_name()) is not None:
+            if not force and find_record(results_dir, cfg.run_name()) is not None:
                 summary.skipped += 1
                 remove_stale_claim(results_dir, cfg.run_name(), claim_ttl)
             elif not claims.acquire(cfg.run_name()):
                 summary.left_to_other += 1
-            elif find_record(results_dir, cfg.run_name()) is not None:
+            elif not force and find_record(results_dir, cfg.run_name()) is not None:
                 # another driver finished it between our check and our claim (it writes, then releases)
                 claims.release(cfg.run_name())
                 summary.skipped += 1
@@ -173,8 +180,10 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
         claims.start_heartbeat()
         bar = ProgressBar(progress, len(todo), f"grid {name}")
         expected = {cfg.run_name() for cfg in todo}
-        for payload, result in executor.run([payload_for(c, data_root, device, checkpoint_dir=ckpt_dir)
-                                             for c in todo]):
+        payloads = [payload_for(c, data_root, device, checkpoint_dir=None if checkpoint_every is None else ckpt_dir,
+                                checkpoint_every=60.0 if checkpoint_every is None else checkpoint_every,
+                                resume=not force, compile_model=compile_model) for c in todo]
+        for payload, result in executor.run(payloads):
             cfg = RunConfig.from_dict(payload["config"])
             run_name = cfg.run_name()
             bad_before = summary.failed + len(summary.errors)
@@ -188,7 +197,14 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
                 summary.errors.append((run_name, "executor returned a record of another config"))
                 say(f"error: {run_name}: executor returned a record of another config")
             else:
-                write_record(results_dir, result)
+                try:
+                    write_record(results_dir, result)
+                except NLBenchError as e:  # a record that breaks the schema is that run's error, not the grid's
+                    summary.errors.append((run_name, str(e)))
+                    say(f"error: {run_name}: {e}")
+                    claims.release(run_name)
+                    bar.advance(run_name, failed=True)
+                    continue
                 remove_checkpoint(checkpoint_path(ckpt_dir, run_name))
                 if result["status"] == "ok":
                     summary.done += 1

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
 
@@ -69,11 +69,20 @@ def run_one(payload: dict) -> dict:
     """Execute one run described by ``payload`` and return its record; never writes a file.
 
     ``payload = {"config": RunConfig.to_dict(), "data_root": str | None, "device": str, "threads": int | None,
-    "checkpoint_dir": str | None}``. ``threads`` sets torch's intra-op threads for this process (workers sharing
-    a machine); the run checkpoints into (and resumes from) ``checkpoint_dir``, which the driver cleans up.
+    "checkpoint_dir": str | None, "checkpoint_every": float, "resume": bool, "compile_model": bool,
+    "portable": bool}`` (the last four optional: 60 s, true, false, false). ``threads`` sets torch's intra-op
+    threads for this process (workers sharing a machine); the run checkpoints into (and, with ``resume``, resumes
+    from) ``checkpoint_dir``, which the driver cleans up; ``compile_model`` wraps the model in ``torch.compile``;
+    ``portable`` switches portable numerics on (:mod:`nlbench.portable`) before torch computes anything here
+    (workers also inherit ``NLBENCH_PORTABLE`` from the driver's environment; the run refuses to start if the
+    pins cannot take effect in this process).
     The record has ``status`` ``"ok"`` or ``"failed"`` (divergence); a user error (unknown name, missing data) raises
     :class:`NLBenchError` carrying only the message, so it pickles across process and Ray boundaries.
     """
+    from nlbench import portable
+
+    if payload.get("portable"):
+        portable.enable()
     import torch
 
     from nlbench.benchmark.harness import train
@@ -81,10 +90,13 @@ def run_one(payload: dict) -> dict:
     if payload.get("threads"):
         torch.set_num_threads(int(payload["threads"]))
     try:
+        portable.check()  # before the dataset is loaded: pins that cannot hold fail the run at once
         cfg = RunConfig.from_dict(payload["config"])
         dataset = _cached_dataset(cfg, payload.get("data_root"))
         return train(cfg, data_root=payload.get("data_root"), device=payload.get("device", "auto"),
-                     results_dir=None, progress=False, dataset=dataset, checkpoint_dir=payload.get("checkpoint_dir"))
+                     results_dir=None, progress=False, dataset=dataset, checkpoint_dir=payload.get("checkpoint_dir"),
+                     checkpoint_every=payload.get("checkpoint_every", 60.0), resume=payload.get("resume", True),
+                     compile_model=bool(payload.get("compile_model", False)))
     except NLBenchError as e:
         # subclasses may take extra constructor arguments that pickling cannot restore
         raise NLBenchError(str(e)) from None
@@ -146,18 +158,26 @@ def cpu_count() -> int:
 class LocalExecutor:
     """``workers == 1``: runs in this process, one after another. ``workers > 1``: a spawn-context process pool
     (spawn, because forking a process that has initialised torch threads or CUDA is unsafe), each worker
-    with ``max(1, cpu_count // workers)`` torch threads so workers do not oversubscribe the cores."""
+    with ``max(1, cpu_count // workers)`` torch threads so workers do not oversubscribe the cores. Workers
+    inherit the driver's environment, portable numerics (``NLBENCH_PORTABLE``, ``--portable``) included, and
+    each payload also says ``portable`` when the driver runs in that mode. ``task`` replaces :func:`run_one`
+    (it must be picklable: a module-level function)."""
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, *, task: Callable[[dict], dict] | None = None):
         check_executor_options(workers)
         self.workers = workers
+        self.task = run_one if task is None else task
         self._pool: ProcessPoolExecutor | None = None
 
     def run(self, payloads: list[dict]) -> Iterator[tuple[dict, dict | BaseException]]:
+        from nlbench import portable
+
+        if portable.requested():  # explicit, should a worker's environment be rebuilt
+            payloads = [{**p, "portable": True} for p in payloads]
         if self.workers == 1:
             for p in payloads:
                 try:
-                    rec = run_one(p)
+                    rec = self.task(p)
                 except Exception as e:  # reported by the driver; the grid goes on
                     yield p, e
                 else:
@@ -171,7 +191,7 @@ class LocalExecutor:
                                          initializer=_worker_init, initargs=(os.getpid(),))
         futures: dict[Future, dict] = {}
         for p in payloads:
-            futures[self._pool.submit(run_one, {**p, "threads": p.get("threads") or threads})] = p
+            futures[self._pool.submit(self.task, {**p, "threads": p.get("threads") or threads})] = p
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
