@@ -306,16 +306,28 @@ def test_dataset_option_spellings_have_one_hash():
 
 
 def test_committed_records_keep_their_hashes():
-    """Canonicalisation must not move a committed record: every stored config re-hashes to its config_hash."""
+    """Canonicalisation must not move a committed record: every stored config re-hashes to its config_hash, except
+    the records that per-noise-family defaults supersede (made before their method had them: canonicalisation now
+    adds those options, so the same command is another run)."""
     from pathlib import Path
 
+    from nlbench.methods import get_method
+    from nlbench.noise import noise_family
+
     root = Path(__file__).resolve().parents[1] / "results"
-    files = sorted(root.glob("**/runs/*.json"))[:400]
+    files = sorted(root.glob("**/runs/*.json"))
     if not files:
         pytest.skip("no committed records")
+    moved = 0
     for f in files:
         rec = json.loads(f.read_text())
-        assert canonical_config(RunConfig.from_dict(rec["config"])).hash() == rec["config_hash"], f
+        cfg = RunConfig.from_dict(rec["config"])
+        family = get_method(cfg.method).family_defaults.get(noise_family(cfg.noise), {})
+        superseded = any(k not in cfg.method_options for k in family)
+        if canonical_config(cfg).hash() != rec["config_hash"]:
+            assert superseded, f
+            moved += 1
+    assert moved <= len(files) // 10  # elr and dividemix on the class-dependent, instance and human noises
 
 
 def test_cli_refuses_non_ascii_digits(tmp_path):

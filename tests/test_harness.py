@@ -8,6 +8,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,3 +227,144 @@ def test_failed_write_leaves_neither_record_nor_temp_file(tmp_path, monkeypatch)
     with pytest.raises(NLBenchError, match=rf"^cannot write {target}: No space left on device$"):
         atomic_write_text(target, "new\n")
     assert [p.name for p in target.parent.iterdir()] == ["r.json"] and target.read_text() == "old\n"
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+class TwoStages(Method):
+    """Cross-entropy in two stages; logs the hooks' order, every step's learning rate and the optimiser."""
+
+    def __init__(self, keep: bool = False, nan_in: int | None = None):
+        super().__init__()
+        self.keep_optimizer_state = keep
+        self.nan_in = nan_in
+        self.calls: list[tuple] = []
+        self.lrs: list[float] = []
+
+    def stages(self) -> int:
+        return 2
+
+    def on_stage_start(self, stage, model):
+        self.calls.append(("stage", stage))
+
+    def on_epoch_start(self, epoch, model):
+        self.calls.append(("epoch", epoch))
+
+    def step(self, batch, model):
+        self.lrs.append(batch.lr)
+        loss = F.cross_entropy(model(batch.x), batch.y)
+        return StepOutput(loss * float("nan") if batch.epoch == self.nan_in else loss)
+
+
+def _two_stage_run(monkeypatch, keep=False, nan_in=None, **kw):
+    made, optimisers = [], []
+
+    class SGD(torch.optim.SGD):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.first_state = None
+            optimisers.append(self)
+
+        def step(self, *a, **k):
+            if self.first_state is None:
+                self.first_state = sum(len(s) for s in self.state.values())
+            return super().step(*a, **k)
+
+    def create(name, **opts):
+        made.append(TwoStages(keep, nan_in))
+        return made[-1]
+
+    monkeypatch.setattr(harness, "create_method", create)
+    monkeypatch.setattr(harness.torch.optim, "SGD", SGD)
+    rec = train(tiny_config(**kw), device="cpu")
+    return rec, made[0], optimisers
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_method_of_two_stages_trains_twice_the_epochs(monkeypatch, keep):
+    rec, method, optimisers = _two_stage_run(monkeypatch, keep)
+    E = EPOCHS
+    assert rec["status"] == "ok" and rec["stages"] == 2 and validate_record(rec) == []
+    assert [(h["epoch"], h["stage"]) for h in rec["history"]] == [(e, 1 + (e > E)) for e in range(1, 2 * E + 1)]
+    # the boundary hook runs once, before the first epoch of stage 2
+    assert method.calls == [("epoch", e) for e in range(1, E + 1)] + [("stage", 2)] + \
+        [("epoch", e) for e in range(E + 1, 2 * E + 1)]
+    # the schedule restarts at the boundary: stage 2's steps see stage 1's learning rates (cosine from lr)
+    half = len(method.lrs) // 2
+    assert len(method.lrs) == 2 * E * 6 and method.lrs[half:] == method.lrs[:half] and method.lrs[0] == 0.05
+    # a fresh optimiser (no momentum at its first step) unless the method keeps its state
+    assert len(optimisers) == (1 if keep else 2)
+    if not keep:
+        assert optimisers[1].first_state == 0
+    # final: the last stage, its epochs counted within it
+    accs = [h["test_acc"] for h in rec["history"][E:]]
+    best = int(np.argmax(accs))
+    assert rec["final"] == {"last_acc": accs[-1], "best_acc": accs[best], "best_epoch": best + 1,
+                            "last5_acc": pytest.approx(float(np.mean(accs))), "epochs_done": E}
+
+
+def test_a_two_stage_run_that_diverges_in_stage_2_summarises_what_stage_2_did(monkeypatch):
+    rec, _, _ = _two_stage_run(monkeypatch, nan_in=EPOCHS + 2)
+    assert rec["status"] == "failed" and rec["error"]["epoch"] == EPOCHS + 2
+    assert len(rec["history"]) == EPOCHS + 1 and rec["final"]["epochs_done"] == 1
+    assert rec["final"]["last_acc"] == rec["history"][-1]["test_acc"] and validate_record(rec) == []
+
+
+def test_a_two_stage_run_resumes_across_the_boundary(monkeypatch, tmp_path):
+    from tests.test_checkpoint import Stop, interrupt_after, strip
+
+    monkeypatch.setattr(harness, "create_method", lambda name, **opts: TwoStages())
+    cfg = tiny_config(epochs=2, val_size=40)  # a validation split: no NaN (never equal to itself) is compared
+    whole = train(cfg, device="cpu", results_dir=tmp_path / "whole", checkpoint_every=0)
+    for stop in (2, 3):  # at the boundary, inside stage 2
+        with monkeypatch.context() as m:
+            interrupt_after(m, stop)
+            with pytest.raises(Stop):
+                train(cfg, device="cpu", results_dir=tmp_path / f"cut{stop}", checkpoint_every=0)
+        resumed = train(cfg, device="cpu", results_dir=tmp_path / f"cut{stop}", checkpoint_every=0)
+        assert resumed["resumed_from_epoch"] == stop + 1
+        assert strip(resumed["history"]) == strip(whole["history"]) and resumed["final"] == whole["final"]
+
+
+def test_schema_takes_stages_times_epochs(monkeypatch, record):
+    rec, _, _ = _two_stage_run(monkeypatch)
+    good = json.loads(json.dumps(rec, default=str))
+    assert validate_record(good) == []
+
+    def broken(mutate) -> list[str]:
+        r = copy.deepcopy(good)
+        mutate(r)
+        return validate_record(r)
+
+    assert broken(lambda r: r.pop("stages")) == [f"history has {2 * EPOCHS} epochs, the config only {EPOCHS}"]
+    assert broken(lambda r: r.update(stages=1))[0].startswith("key 'stages'")
+    assert broken(lambda r: r["history"][EPOCHS].update(stage=1)) == [
+        f"key 'history[{EPOCHS}].stage' is 1, expected 2 (2 stages of {EPOCHS} epochs)"]
+    assert broken(lambda r: r["history"][0].pop("stage")) == [
+        f"key 'history[0].stage' is None, expected 1 (2 stages of {EPOCHS} epochs)"]
+    extra = dict(good["history"][-1], epoch=2 * EPOCHS + 1)
+    assert broken(lambda r: r["history"].append(extra)) == [
+        f"history has {2 * EPOCHS + 1} epochs, the config only {2 * EPOCHS} (2 stages of {EPOCHS})"]
+    # a one-stage record is unchanged: no stage keys, and epochs still bound its history
+    assert "stages" not in record and not any("stage" in h for h in record["history"])
+
+
+def test_leaderboard_and_plots_judge_the_last_stage(record):
+    from nlbench.benchmark import plots
+    from nlbench.benchmark.leaderboard import last_stage, mean_epoch_time, stage_count, val_selected_acc
+
+    one = [{"epoch": e, "test_acc": a, "val_acc": v, "epoch_time_s": 1.0}
+           for e, a, v in ((1, 0.5, 0.9), (2, 0.6, 0.2))]
+    two = [dict(h, stage=1) for h in one] + [dict(h, epoch=h["epoch"] + 2, stage=2, test_acc=h["test_acc"] / 2,
+                                                  val_acc=1 - h["val_acc"]) for h in one]
+    assert (stage_count(one), stage_count(two)) == (1, 2) and last_stage(one) == one and last_stage(two) == two[2:]
+    assert mean_epoch_time(one) == 1.0 and mean_epoch_time(two) == 2.0  # both stages per epoch of the protocol
+    assert val_selected_acc(one) == 0.5 and val_selected_acc(two) == 0.3  # stage 2's best val (0.8) is epoch 4
+    rec = copy.deepcopy(record)  # the record as a method of two stages would have it: stage 2 scores half
+    rec["stages"] = 2
+    rec["history"] = [dict(h, stage=1) for h in record["history"]] + [
+        dict(h, epoch=h["epoch"] + EPOCHS, stage=2, test_acc=h["test_acc"] / 2) for h in record["history"]]
+    curves = plots._curves([rec], ["test_acc"])
+    (band,) = [c["test_acc"] for setting in curves.values() for c in setting.values()]
+    assert list(band.mean) == [h["test_acc"] / 2 for h in record["history"]]  # stage 2, epochs 1..E

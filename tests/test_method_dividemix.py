@@ -1,5 +1,6 @@
 """DivideMix: the GMM, co-refinement, co-guessing, sharpening, MixUp's lambda, the loss terms and the ensemble on
-hand cases, the schedules, option validation, and a run through the harness that reaches the MixMatch phase."""
+hand cases, the schedules, option validation, and a run through the harness that reaches the MixMatch phase.
+The step-by-step comparison with the official code is in tests/test_dividemix_official.py."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import torch
 from fixed_logits import Fixed  # tests/ is on sys.path under pytest
 
 from nlbench.benchmark import harness
+from nlbench.benchmark.augment import random_crop_flip
 from nlbench.benchmark.harness import train
 from nlbench.errors import NLBenchError
 from nlbench.methods import Batch, MethodContext, create_method
 from nlbench.methods.dividemix import (
     Ensemble,
+    batch_count,
     co_guess,
     gmm_clean_probability,
     mix_lambda,
@@ -34,7 +37,7 @@ CLEAN = [0, 2, 3, 5, 7, 9]
 
 
 def test_gmm_bimodal_split_and_ordering():
-    p = gmm_clean_probability(LOSSES)
+    p = gmm_clean_probability(LOSSES, random_state=0)
     assert p.dtype == torch.float32 and p.shape == (10,)
     assert torch.nonzero(p > 0.5).squeeze(1).tolist() == CLEAN
     assert p[CLEAN].min() > 0.99 and p[[1, 4, 6, 8]].max() < 0.01
@@ -43,37 +46,22 @@ def test_gmm_bimodal_split_and_ordering():
     assert (p[CLEAN][order].diff() <= 0).all()
 
 
-def test_gmm_hand_computed_initial_fit():
-    """max_iter=0 gives the posteriors of the initial fit, the hard split at 0.5 of the normalised losses
-    {0, 0.4, 0.45 | 0.55, 0.6, 1}: means 0.85/3 and 2.15/3, equal variances (sum of squared deviations / 3 +
-    5e-4) and weights 1/2, so p(clean | x) = sigmoid(((x - m_hi)^2 - (x - m_lo)^2) / (2 var))."""
-    x = torch.tensor([0.0, 0.4, 0.45, 0.55, 0.6, 1.0], dtype=torch.float64)
-    m_lo, m_hi = 0.85 / 3, 2.15 / 3
-    var = sum((v - m_lo) ** 2 for v in (0.0, 0.4, 0.45)) / 3 + 5e-4
-    expected = [1 / (1 + math.exp(-((v - m_hi) ** 2 - (v - m_lo) ** 2) / (2 * var))) for v in x.tolist()]
-    p = gmm_clean_probability(x * 7 + 3, max_iter=0)
-    assert p.tolist() == pytest.approx(expected, abs=1e-6)
-    assert 0.6 < p[2] < 0.65  # 0.629: an intermediate posterior, not 0/1
-    # EM keeps the symmetry of the data: p(x) + p(1 - x) = 1, decreasing in the loss
-    p = gmm_clean_probability(x)
-    assert (p + p.flip(0)).tolist() == pytest.approx([1.0] * 6, abs=1e-6)
-    assert (p.diff() < 0).all() and p[2] > 0.5 > p[3]
-
-
-def test_gmm_deterministic_and_scale_invariant():
+def test_gmm_deterministic_given_its_seed_and_scale_invariant():
     torch.manual_seed(0)
-    a = gmm_clean_probability(LOSSES)
+    np.random.seed(0)
+    a = gmm_clean_probability(LOSSES, random_state=3)
     torch.manual_seed(1)
-    assert torch.equal(gmm_clean_probability(LOSSES), a)
-    assert torch.allclose(gmm_clean_probability(LOSSES * 3 + 2), a, atol=1e-6)  # min-max normalisation
+    np.random.seed(1)
+    assert torch.equal(gmm_clean_probability(LOSSES, random_state=3), a)  # no global RNG
+    assert torch.allclose(gmm_clean_probability(LOSSES * 3 + 2, random_state=3), a, atol=1e-5)  # min-max
 
 
 def test_gmm_degenerate_inputs():
-    p = gmm_clean_probability(torch.full((5,), 0.7))
+    p = gmm_clean_probability(torch.full((5,), 0.7), random_state=0)
     assert torch.equal(p, torch.ones(5))
-    assert torch.equal(gmm_clean_probability(torch.tensor([1.0])), torch.ones(1))
-    assert gmm_clean_probability(torch.zeros(0)).shape == (0,)
-    p = gmm_clean_probability(torch.tensor([0.0, 0.0, 0.0, 1.0]))  # one outlier: finite, outlier noisy
+    assert torch.equal(gmm_clean_probability(torch.tensor([1.0]), random_state=0), torch.ones(1))
+    assert gmm_clean_probability(torch.zeros(0), random_state=0).shape == (0,)
+    p = gmm_clean_probability(torch.tensor([0.0, 0.0, 0.0, 1.0]), random_state=0)  # one outlier: noisy
     assert torch.isfinite(p).all() and p[3] < 0.5 < p[0]
 
 
@@ -95,8 +83,16 @@ def test_sharpen_and_co_refinement_hand_case():
 
 def test_co_guess_hand_case():
     # mean of [0.5, 0.5, 0] and [0.1, 0.3, 0.6] = [0.3, 0.4, 0.3]; squared / 0.34
-    out = co_guess(torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[0.1, 0.3, 0.6]]), 0.5)
+    out = co_guess([torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[0.1, 0.3, 0.6]])], 0.5)
     assert out[0].tolist() == pytest.approx([9 / 34, 16 / 34, 9 / 34])
+    # four predictions (two networks, two views): the mean of all four
+    ps = [torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[0.1, 0.3, 0.6]])] * 2
+    assert co_guess(ps, 0.5)[0].tolist() == pytest.approx([9 / 34, 16 / 34, 9 / 34])
+
+
+def test_batch_count():
+    # ceil(n / b) batches, less a trailing batch of one sample (BatchNorm)
+    assert [batch_count(n, 4) for n in (0, 1, 2, 3, 4, 5, 6, 9, 10)] == [0, 0, 1, 1, 1, 1, 2, 2, 3]
 
 
 def test_mix_lambda_at_least_half():
@@ -110,38 +106,31 @@ def test_mix_lambda_at_least_half():
 
 def test_semi_loss_hand_case():
     """Uniform logits over 2 classes: softmax = [0.5, 0.5], Lx = -sum t log 0.5 = log 2, Lu = mean((0.5 - t)^2),
-    Lreg = 0; a batch without labelled (unlabelled) rows has Lx (Lu) = 0."""
+    Lreg = 0; a batch without unlabelled rows has Lu = 0."""
     logits = torch.zeros(3, 2)
     targets = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.5, 0.5]])
-    lx, lu, reg = semi_loss(logits, targets, torch.tensor([True, False, False]))
+    lx, lu, reg = semi_loss(logits, targets, 1)
     assert lx.item() == pytest.approx(math.log(2))
     assert lu.item() == pytest.approx((0.16 + 0.16 + 0 + 0) / 4)
     assert reg.item() == pytest.approx(0.0, abs=1e-7)
-    lx, lu, _ = semi_loss(logits, targets, torch.zeros(3, dtype=torch.bool))
-    assert lx.item() == 0.0 and lu.item() == pytest.approx((0.25 + 0.25 + 0.16 + 0.16) / 6)
-    lx, lu, _ = semi_loss(logits, targets, torch.ones(3, dtype=torch.bool))
+    lx, lu, _ = semi_loss(logits, targets, 3)
     assert lx.item() == pytest.approx(math.log(2)) and lu.item() == 0.0
     # all rows predict class 0 with p = 0.8: Lreg = 0.5 log(0.5 / 0.8) + 0.5 log(0.5 / 0.2)
     logits = torch.tensor([[math.log(4.0), 0.0]] * 2)
-    _, _, reg = semi_loss(logits, targets[:2], torch.ones(2, dtype=torch.bool))
+    _, _, reg = semi_loss(logits, targets[:2], 2)
     assert reg.item() == pytest.approx(0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2), rel=1e-5)
 
 
-def test_ensemble_is_log_mean_softmax():
-    # net1: softmax [0.8, 0.2]; net2: [0.2, 0.8] (row 0) -> mean [0.5, 0.5]; row 1: [0.8, 0.2] and [0.6, 0.4]
-    net1 = Fixed([[math.log(4.0), 0.0], [math.log(4.0), 0.0]])
-    net2 = Fixed([[0.0, math.log(4.0)], [math.log(1.5), 0.0]])
-    out = Ensemble(net1, net2)(torch.zeros(2, 1))
-    assert out.exp().tolist()[0] == pytest.approx([0.5, 0.5])
-    assert out.exp().tolist()[1] == pytest.approx([0.7, 0.3])
-    # the argmax follows the mean probability, not the summed logits (the official code's ensemble):
-    # p1 = [0.9, 0.1, 0], p2 = [0.01, 0.3, 0.69]: mean [0.455, 0.2, 0.345] -> class 0; the logit sum (the
-    # geometric mean) favours class 1
-    net1, net2 = Fixed([[math.log(0.9), math.log(0.1), math.log(1e-6)]]), Fixed([[math.log(p) for p in
-                                                                               (0.01, 0.3, 0.69)]])
+def test_ensemble_sums_logits():
+    """The official ``test`` predicts the argmax of outputs1 + outputs2 (logits), which can differ from the
+    argmax of the mean softmax: p1 = [0.9, 0.1, 1e-6], p2 = [0.01, 0.3, 0.69] -> mean softmax favours class 0,
+    the logit sum (geometric mean) class 1."""
+    net1 = Fixed([[math.log(0.9), math.log(0.1), math.log(1e-6)]])
+    net2 = Fixed([[math.log(p) for p in (0.01, 0.3, 0.69)]])
     out = Ensemble(net1, net2)(torch.zeros(1, 1))
-    assert out.exp()[0].tolist() == pytest.approx([0.455, 0.2, 0.345], abs=1e-6)
-    assert out.argmax(1).item() == 0 and (net1.logits + net2.logits).argmax(1).item() == 1
+    assert torch.allclose(out, net1.logits + net2.logits)
+    assert out.argmax(1).item() == 1
+    assert (net1.logits.softmax(1) + net2.logits.softmax(1)).argmax(1).item() == 0
 
 
 @pytest.mark.parametrize(("warmup", "epochs", "expected"), [
@@ -174,18 +163,22 @@ def test_options_validation():
     with pytest.raises(NLBenchError):
         create_method("dividemix", views="mixup")
     with pytest.raises(NLBenchError):
+        create_method("dividemix", views="same")  # the old name: the harness's batch is no longer used
+    with pytest.raises(NLBenchError):
         create_method("dividemix", alpha=0)
     m = create_method("dividemix")
-    assert m.options()["lambda_u"] == 25.0 and m.options()["p_threshold"] == 0.5
+    assert m.options()["lambda_u"] == 25.0 and m.options()["p_threshold"] == 0.5 and m.options()["views"] == "auto"
     assert m.options()["temperature"] == 0.5 and m.options()["alpha"] == 4.0 and m.options()["penalty"] is False
 
 
-def make_ctx(net1, net2, train_x, train_y, *, epochs=3, num_classes=2):
+def make_ctx(net1, net2, train_x, train_y, *, epochs=3, num_classes=2, batch_size=None, prep=lambda x: x,
+             augment=False):
     return MethodContext(model=net1, meta_x=torch.zeros(0, 2), meta_y=torch.zeros(0, dtype=torch.long),
-                         num_train=len(train_y), num_classes=num_classes, batch_size=len(train_y),
-                         device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), prep=lambda x: x,
+                         num_train=len(train_y), num_classes=num_classes,
+                         batch_size=batch_size or len(train_y), device=torch.device("cpu"),
+                         generator=torch.Generator().manual_seed(0), prep=prep,
                          autocast=contextlib.nullcontext, train_x=train_x, train_y=train_y, epochs=epochs,
-                         steps_per_epoch=1, model_factory=lambda k: net2)
+                         steps_per_epoch=1, model_factory=lambda k: net2, augment=augment)
 
 
 def test_crop_flip_needs_images():
@@ -195,28 +188,65 @@ def test_crop_flip_needs_images():
         m.setup(make_ctx(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), x, y))
 
 
-def test_step_all_labelled_or_all_unlabelled_is_finite():
+def test_views_auto_follows_the_runs_augmentation():
+    """``views="auto"`` crop-flips the method's own batches iff the run augments its batches (``--augment``); the
+    two views of a sample are then independent draws."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (8, 1, 6, 6), dtype=torch.uint8, generator=g), torch.tensor([0, 1] * 4)
+
+    def prep(v):
+        return v.float() / 255
+
+    def net():
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 2))
+
+    for views, harness_augments, expected in [("auto", False, False), ("auto", True, True),
+                                              ("none", True, False), ("crop-flip", False, True)]:
+        net1 = net()
+        m = create_method("dividemix", warmup=1, views=views)
+        m.setup(make_ctx(net1, net(), x, y, batch_size=4, prep=prep, augment=harness_augments))
+        m.on_epoch_start(1, net1)
+        bx = random_crop_flip(x, g) if harness_augments else x
+        m.step(Batch(prep(bx), y, torch.arange(8), 0.1, 0, 1), net1)
+        assert m.augment is expected and m.options()["augment_used"] is expected
+        v1, v2 = m._views(torch.arange(8))
+        assert torch.equal(v1, v2) is not expected
+        assert torch.equal(v1, prep(x)) is not expected
+
+
+def mixmatch_method(monkeypatch, prob1, prob2, *, batch_size=4, **opts):
+    """A DivideMix on 8 random 2-d samples, after its warm-up, whose mixtures give ``prob1`` and ``prob2``."""
+    from nlbench.methods import dividemix
+
+    fits = iter([torch.as_tensor(prob1, dtype=torch.float32), torch.as_tensor(prob2, dtype=torch.float32)])
+    monkeypatch.setattr(dividemix, "gmm_clean_probability", lambda loss, random_state: next(fits))
     torch.manual_seed(0)
-    x, y = torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 0, 1])
+    x, y = torch.randn(8, 2), torch.tensor([0, 1] * 4)
     net1, net2 = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    m = create_method("dividemix", warmup=1)
-    m.setup(make_ctx(net1, net2, x, y))
-    batch = Batch(x, y, torch.arange(6), 0.1, 0, 1)
-    warm = m.step(batch, net1).loss  # warm-up: CE of both nets
-    ce = torch.nn.functional.cross_entropy
-    assert warm.item() == pytest.approx((ce(net1(x), y) + ce(net2(x), y)).item(), rel=1e-6)
+    m = create_method("dividemix", warmup=1, **opts)
+    m.setup(make_ctx(net1, net2, x, y, batch_size=batch_size))
     m.on_epoch_start(2, net1)
-    assert m.gmm_epochs == [2] and m.prob1.shape == (6,)
-    for prob in (torch.ones(6), torch.zeros(6)):
-        m.prob1 = m.prob2 = prob
-        loss = m.step(Batch(x, y, torch.arange(6), 0.1, 5, 2), net1).loss
+    return m, x, y, net1, net2
+
+
+def test_division_all_labelled_or_none(monkeypatch):
+    # all labelled by both mixtures: no unlabelled rows, Lu = 0; ceil(8 / 4) steps per network
+    m, x, y, net1, net2 = mixmatch_method(monkeypatch, torch.ones(8), torch.ones(8))
+    assert m.gmm_epochs == [2] and m.epoch_steps(2) == 4
+    assert m.epoch_log() == {"labelled_share": 1.0, "labelled_share_net1": 1.0, "labelled_share_net2": 1.0}
+    for _ in range(4):
+        loss = m.step(Batch(x, y, torch.arange(8), 0.1, 5, 2), net1).loss
         assert torch.isfinite(loss)
-        loss.backward()
-        assert net1.weight.grad is not None and net2.weight.grad is not None
-        net1.zero_grad(), net2.zero_grad()
+    # none labelled: no step for either network (official: a labelled loader without batches); the harness's
+    # one step is a no-op without any gradient
+    m, x, y, net1, net2 = mixmatch_method(monkeypatch, torch.zeros(8), torch.zeros(8))
+    assert m.epoch_steps(2) == 0 and m.epoch_log()["labelled_share"] == 0.0
+    loss = m.step(Batch(x, y, torch.arange(8), 0.1, 5, 2), net1).loss
+    loss.backward()
+    assert loss.item() == 0.0 and net1.weight.grad is None and net2.weight.grad is None
 
 
-def test_harness_run_reaches_mixmatch(monkeypatch):
+def test_harness_run_reaches_mixmatch_and_logs_the_division(monkeypatch):
     made = []
     real = harness.create_method
 
@@ -232,18 +262,24 @@ def test_harness_run_reaches_mixmatch(monkeypatch):
     assert method.prob1.shape == (record["sizes"]["train"],)
     assert ((method.prob1 >= 0) & (method.prob1 <= 1)).all()
     assert record["method_options"]["warmup_used"] == 1 and record["method_options"]["rampup_used"] == 1
+    assert record["method_options"]["augment_used"] is False  # vector data
     assert all(math.isfinite(h["train_loss"]) for h in record["history"])
+    # the labelled share: not logged in the warm-up (no division), a share afterwards, the mean of the two networks'
+    first, *rest = record["history"]
+    assert not {"labelled_share", "labelled_share_net1", "labelled_share_net2"} & set(first)
+    for h in rest:
+        assert 0 < h["labelled_share"] <= 1
+        assert h["labelled_share"] == pytest.approx((h["labelled_share_net1"] + h["labelled_share_net2"]) / 2)
+    assert rest[-1]["labelled_share_net1"] == pytest.approx(float((method.prob1 > 0.5).float().mean()))
 
 
-def test_each_network_trains_on_its_peers_division():
-    """Net 1's mixture says all clean, net 2's all noisy: net 1 (trained on net 2's division) sees only unlabelled
-    samples, whose only term is lambda_u * Lu = 0 here, so it gets no gradient; net 2 sees only labelled ones."""
-    torch.manual_seed(0)
-    x, y = torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 0, 1])
-    net1, net2 = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    m = create_method("dividemix", warmup=1, lambda_u=0.0, lambda_r=0.0)
-    m.setup(make_ctx(net1, net2, x, y))
-    m.prob1, m.prob2 = torch.ones(6), torch.zeros(6)
-    m.step(Batch(x, y, torch.arange(6), 0.1, 5, 2), net1).loss.backward()
-    assert net1.weight.grad.abs().max().item() == 0.0
-    assert net2.weight.grad.abs().max().item() > 0.0
+def test_each_network_trains_on_its_peers_division(monkeypatch):
+    """Net 1's mixture says all clean, net 2's all noisy: net 1 (trained on net 2's division) has no labelled
+    sample and makes no step; net 2 trains on everything, labelled; net 1 never gets a gradient."""
+    m, x, y, net1, net2 = mixmatch_method(monkeypatch, torch.ones(8), torch.zeros(8))
+    assert m.epoch_steps(2) == 2
+    assert m.epoch_log()["labelled_share_net1"] == 1.0 and m.epoch_log()["labelled_share_net2"] == 0.0
+    for _ in range(2):
+        net1.zero_grad(set_to_none=True), net2.zero_grad(set_to_none=True)
+        m.step(Batch(x, y, torch.arange(8), 0.1, 5, 2), net1).loss.backward()
+        assert net1.weight.grad is None and net2.weight.grad.abs().max().item() > 0.0

@@ -42,8 +42,8 @@ def run(name, rows, labels, **opts):
 # --- sce ---
 
 def test_sce_uniform_logits():
-    """p_k = 1/4: CE = log 4, RCE = -A * (1 - 1/4) = 4 * 3/4 = 3."""
-    loss, _ = run("sce", [[0.0] * 4] * 3, [0, 1, 3])
+    """p_k = 1/4: CE = log 4, RCE = -A * (1 - 1/4) = 4 * 3/4 = 3 with the paper's A = -4."""
+    loss, _ = run("sce", [[0.0] * 4] * 3, [0, 1, 3], A=-4.0)
     assert loss == pytest.approx(0.1 * LOG4 + 1.0 * 3.0, rel=1e-6)
     loss, _ = run("sce", [[0.0] * 4] * 3, [0, 1, 3], alpha=2.0, beta=0.5, A=-9.0)
     assert loss == pytest.approx(2.0 * LOG4 + 0.5 * 9.0 * 0.75, rel=1e-6)
@@ -51,7 +51,7 @@ def test_sce_uniform_logits():
 
 def test_sce_skewed_logits_value_and_gradient():
     """p = [1/2, 1/4, 1/8, 1/8]; y = 0: CE = log 2, RCE = 4 * 1/2; y = 1: CE = log 4, RCE = 4 * 3/4."""
-    loss, grad = run("sce", [SKEWED, SKEWED], [0, 1])
+    loss, grad = run("sce", [SKEWED, SKEWED], [0, 1], A=-4.0)
     assert loss == pytest.approx(((0.1 * LOG2 + 2.0) + (0.1 * LOG4 + 3.0)) / 2, rel=1e-6)
     # d/dz of alpha*CE is alpha*(p - e_y); d/dz of -A*(1 - p_y) is A * p_y * (e_y - p); halved by the mean
     for i, y in enumerate([0, 1]):
@@ -62,10 +62,39 @@ def test_sce_skewed_logits_value_and_gradient():
 
 def test_sce_rce_is_bounded_where_ce_is_not():
     """A confidently wrong sample: CE ~ 30, RCE -> -A = 4 (the robustness the paper is after)."""
-    loss, _ = run("sce", [[30.0, 0.0, 0.0]], [1], alpha=0.0)
+    loss, _ = run("sce", [[30.0, 0.0, 0.0]], [1], alpha=0.0, A=-4.0)
     assert loss == pytest.approx(4.0, rel=1e-6)
     loss, _ = run("sce", [[30.0, 0.0, 0.0]], [1], beta=0.0, alpha=1.0)
     assert loss == pytest.approx(30.0 + math.log(1 + 2 * math.exp(-30)), rel=1e-6)
+
+
+def official_sce(logits: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """The loss of the official Keras code, step by step (YisenWang/symmetric_cross_entropy_for_noisy_labels,
+    ``loss.py``, ``symmetric_cross_entropy``): ``y_pred`` is the softmax; CE takes ``y_pred`` clipped to
+    [1e-7, 1]; RCE takes the one-hot ``y_true`` clipped to [1e-4, 1] and the unclipped ``y_pred``; each term is
+    the batch mean of ``-sum(a * log(b))``."""
+    y_pred = torch.softmax(logits.double(), dim=1)
+    y_true = torch.nn.functional.one_hot(labels, logits.shape[1]).double()
+    ce = -(y_true * torch.log(y_pred.clamp(1e-7, 1.0))).sum(-1).mean()
+    rce = -(y_pred * torch.log(y_true.clamp(1e-4, 1.0))).sum(-1).mean()
+    return alpha * ce + beta * rce
+
+
+def test_sce_default_matches_the_official_code():
+    """The default A = ln(1e-4) gives the official loss and gradient (where p_y >= 1e-7, so CE is unclipped);
+    the paper's A = -4 gives an RCE term 0.43 times the official one."""
+    g = torch.Generator().manual_seed(0)
+    rows = (torch.randn(16, 10, generator=g) * 3).tolist()
+    labels = torch.randint(0, 10, (16,), generator=g)
+    z = torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+    expected = official_sce(z, labels, 0.1, 1.0)
+    expected.backward()
+    loss, grad = run("sce", rows, labels.tolist())
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(grad.double(), z.grad, rtol=1e-4, atol=1e-6)
+    rce_official = official_sce(z.detach(), labels, 0.0, 1.0).item()
+    rce_paper, _ = run("sce", rows, labels.tolist(), alpha=0.0, A=-4.0)
+    assert rce_paper / rce_official == pytest.approx(4 / math.log(1e4), rel=1e-5)  # 0.434
 
 
 # --- bootstrap ---
@@ -145,7 +174,7 @@ def test_ls_skewed_logits_value_and_gradient():
 # --- options ---
 
 def test_default_options_recorded():
-    assert create_method("sce").options() == {"alpha": 0.1, "beta": 1.0, "A": -4.0}
+    assert create_method("sce").options() == {"alpha": 0.1, "beta": 1.0, "A": math.log(1e-4)}
     assert create_method("ls").options() == {"epsilon": 0.1}
 
 

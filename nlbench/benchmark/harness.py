@@ -3,7 +3,11 @@
 Data live on the device as tensors (uint8 images are normalised per batch), batches are slices of a seeded
 permutation, and the method supplies only the loss (see :mod:`nlbench.methods.base`). The loop records per-epoch
 test accuracy, noisy-validation accuracy, epoch wall time and, for reweighting methods, weight telemetry, and
-returns the run's record (see :mod:`nlbench.benchmark.records` and the README for the schema).
+returns the run's record (see :mod:`nlbench.benchmark.records` and the README for the schema). A method of
+several stages (:meth:`nlbench.methods.Method.stages`: ``forward`` and ``glc`` train a second network after the
+first) runs the config's epochs once per stage in this loop, the schedule restarted at each boundary; its
+history marks each epoch's ``stage``, the record says ``stages``, and ``final`` summarises the last stage, with
+its epochs counted within it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from nlbench.models import MODELS, create_model
 from nlbench.noise import (
     NoiseContext,
     apply_noise,
+    noise_family,
     noise_report,
     noise_rng,
     nominal_rate,
@@ -43,8 +48,11 @@ from nlbench.noise import (
     standardise_features,
 )
 from nlbench.options import bind_options
+from nlbench.portable import check as portable_check
 
 EVAL_BATCH = 1000
+#: Most stages a method may train (Method.stages); the record schema accepts as many.
+MAX_STAGES = 10
 
 
 def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
@@ -55,6 +63,16 @@ def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "step":
         epoch = step // steps_per_epoch
         return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return cfg.lr
+
+
+def lr_at_progress(cfg: RunConfig, epochs_done: float) -> float:
+    """Learning rate after ``epochs_done`` (fractional) epochs: the schedule of :func:`lr_at` for a method whose
+    epochs have their own number of steps (:meth:`Method.epoch_steps`)."""
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * epochs_done / cfg.epochs))
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** sum(math.floor(epochs_done) >= m for m in cfg.milestones)
     return cfg.lr
 
 
@@ -173,13 +191,16 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, prep, aut
 def canonical_config(cfg: RunConfig) -> RunConfig:
     """Resolve aliases (``fbr`` -> ``surrogate``) and check every name, so equal runs hash equally: the noise
     spec's canonical name (``SYM040`` -> ``sym40``), and method and dataset options checked and converted to
-    their annotated types (``q="0.7"`` and ``q=0.7`` are one run; ``q=inf`` is refused before any work). A
+    their annotated types (``q="0.7"`` and ``q=0.7`` are one run; ``q=inf`` is refused before any work). The
+    method's defaults for the noise's family (:attr:`Method.family_defaults`) join the method options where they
+    are not set, so they are part of the config and its hash. A
     dataset that is not registered (a :class:`Dataset` passed to :func:`train`) keeps its options as given."""
     method = get_method(cfg.method)
     cfg.method = method.name
     cfg.noise = parse_noise(cfg.noise).name
     MODELS.canonical(cfg.model)
-    cfg.method_options = bind_options(method.__init__, cfg.method_options, f"method {method.name!r}")
+    family = method.family_defaults.get(noise_family(cfg.noise), {})
+    cfg.method_options = bind_options(method.__init__, {**family, **cfg.method_options}, f"method {method.name!r}")
     if cfg.dataset in DATASETS:
         cfg.dataset_options = bind_options(DATASETS.get(cfg.dataset), cfg.dataset_options,
                                            f"dataset {cfg.dataset!r}", skip=("root", "download"))
@@ -203,6 +224,7 @@ def train(cfg: RunConfig, *, data_root: str | os.PathLike | None = None, device:
     uninterrupted run would have; the checkpoint is removed when the record is written (by the caller if
     ``results_dir`` is None).
     """
+    portable_check()  # NLBENCH_PORTABLE: the CPU kernels must be pinned before the run computes anything
     cfg = canonical_config(cfg)
     if checkpoint_dir is None and results_dir is not None:
         checkpoint_dir = ckpt.checkpoints_dir(results_dir)
@@ -251,6 +273,9 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     dev = select_device(device)
     if dataset is None:
         dataset = load_dataset(cfg.dataset, data_root, download=download, **cfg.dataset_options)
+    if cfg.augment and len(dataset.input_shape) != 3:  # crop + flip needs images (channels, height, width)
+        raise NLBenchError(f"--augment needs an image dataset; {cfg.dataset!r} has inputs of shape "
+                           f"{tuple(dataset.input_shape)}")
     method = create_method(cfg.method, **cfg.method_options)
     if method.oracle and not dataset.true_labels:
         raise NLBenchError(f"method {cfg.method!r} reads the true labels, which dataset {dataset.name!r} does not "
@@ -293,16 +318,27 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
                                train_x=train_set.x, train_y=train_set.y, epochs=cfg.epochs,
                                steps_per_epoch=steps_per_epoch,
                                noise_rate=nominal_rate(noisy.noise_report) if method.uses_noise_rate else None,
-                               model_factory=build_model, eval_batch=EVAL_BATCH))
+                               model_factory=build_model, eval_batch=EVAL_BATCH,
+                               val_x=data.val_x, val_y=data.val_y, augment=cfg.augment))
     networks = method.networks()
     params = list(model.parameters()) + [p for net in networks for p in net.parameters()]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def new_optimizer() -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    opt = new_optimizer()
+    # A method of several stages trains the run's epochs once per stage (Method.stages): epochs are numbered on
+    # through the stages, the schedule restarts at each boundary, and `final` summarises the last stage.
+    stages = int(method.stages())
+    if not 1 <= stages <= MAX_STAGES:
+        raise NLBenchError(f"method {cfg.method!r} asks for {stages} stages; 1..{MAX_STAGES} are supported")
+    total_epochs = stages * cfg.epochs
     shuffle_g, aug_g = make_generator(dev, cfg.seed, 2), make_generator(dev, cfg.seed, 4)
     is_noisy = train_set.is_noisy
     history: list[dict] = []
     status, error = "ok", None
-    bar = ProgressBar(progress, cfg.epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}",
-                      epochs=cfg.epochs)
+    bar = ProgressBar(progress, total_epochs * steps_per_epoch, f"{cfg.method} {cfg.noise} s{cfg.seed}",
+                      epochs=total_epochs)
     step, first_epoch, wall_before = 0, 1, 0.0
     generators = {"shuffle": shuffle_g, "augment": aug_g, "method": method_g}
     ckpt_file = None if checkpoint_dir is None else ckpt.checkpoint_path(checkpoint_dir, cfg.run_name())
@@ -311,6 +347,17 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
         try:
             ckpt.restore_run(state, model=model, networks=networks, optimizer=opt, method=method,
                              generators=generators, view=view, device=dev)
+            ckpt.check_progress(state, total_epochs)
+            if state["history"]:  # the restored model must score what the history says it scored
+                judged = method.eval_model(model)
+                modes = [(m, m.training) for m in judged.modules()]
+                with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                    acc = evaluate(judged, data.test_x, data.test_y, prep, autocast)
+                for m, mode in modes:  # the run goes on exactly as without this check
+                    m.train(mode)
+                if abs(acc - state["history"][-1]["test_acc"]) > 1.5 / max(1, len(data.test_y)):
+                    raise ValueError(f"its model scores {acc:.4f} on the test split, its history says "
+                                     f"{state['history'][-1]['test_acc']:.4f}")
         except Exception as e:  # a damaged or foreign checkpoint: drop it and start over with fresh state
             print(f"warning: checkpoint {ckpt_file} does not fit this run ({type(e).__name__}: {e}); "
                   "starting from epoch 1", file=sys.stderr)
@@ -335,20 +382,31 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     try:
         if first_epoch == 1:
             snapshot(0)
-        for epoch in range(first_epoch, cfg.epochs + 1):
+        for epoch in range(first_epoch, total_epochs + 1):
+            stage, in_stage = (epoch - 1) // cfg.epochs + 1, (epoch - 1) % cfg.epochs + 1
             for net in (model, *networks):
                 net.train()
             t0 = time.perf_counter()
+            if stage > 1 and in_stage == 1:  # a stage boundary (also when resuming from the end of the last stage)
+                method.on_stage_start(stage, model)
+                if not method.keep_optimizer_state:
+                    opt = new_optimizer()
             method.on_epoch_start(epoch, model)
+            own_steps = method.epoch_steps(epoch)
+            n_steps = steps_per_epoch if own_steps is None else max(1, int(own_steps))
             perm = torch.randperm(n, device=dev, generator=shuffle_g)
             weights_seen = torch.full((n,), float("nan"), device=dev) if method.reweights else None
             loss_sum = torch.zeros((), device=dev)
-            for i in range(steps_per_epoch):
-                idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            for i in range(n_steps):
+                j = i % steps_per_epoch  # a method with epochs of its own length draws its own batches
+                idx = perm[j * cfg.batch_size:(j + 1) * cfg.batch_size]
                 xb = train_set.x[idx]
                 if cfg.augment:
                     xb = random_crop_flip(xb, aug_g)
-                lr = lr_at(cfg, step, steps_per_epoch)
+                if own_steps is not None:
+                    lr = lr_at_progress(cfg, in_stage - 1 + i / n_steps)
+                else:  # the first stage keeps the global step; a later one restarts the schedule
+                    lr = lr_at(cfg, step if stage == 1 else (in_stage - 1) * steps_per_epoch + i, steps_per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 with autocast():
@@ -362,24 +420,27 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
                 step += 1
                 bar.advance()
             method.on_epoch_end(epoch, model)
-            train_loss = loss_sum.item() / steps_per_epoch  # the one sync per epoch
+            train_loss = loss_sum.item() / n_steps  # the one sync per epoch
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             epoch_time = time.perf_counter() - t0
             if not math.isfinite(train_loss):
                 raise DivergenceError(f"non-finite training loss ({train_loss}) in epoch {epoch}", epoch)
             judged = method.eval_model(model)
-            entry = {"epoch": epoch, "train_loss": train_loss, "lr": lr, "epoch_time_s": epoch_time,
+            entry = {**method.epoch_log(), "epoch": epoch, "train_loss": train_loss, "lr": lr,
+                     "epoch_time_s": epoch_time,
                      "test_acc": evaluate(judged, data.test_x, data.test_y, prep, autocast),
                      "val_acc": evaluate(judged, data.val_x, data.val_y, prep, autocast)}
             if method.reweights and dataset.true_labels:  # which samples are noisy needs the truth
                 persistent = method.sample_weights()
                 w = persistent if persistent is not None else weights_seen
                 entry.update(weight_telemetry(w.detach().float().cpu().numpy(), is_noisy.cpu().numpy()))
+            if stages > 1:
+                entry["stage"] = stage
             history.append(entry)
             bar.epoch_done(epoch, train_loss, entry["test_acc"])
             snapshot(epoch)
-            if (ckpt_file is not None and checkpoint_every is not None and epoch < cfg.epochs
+            if (ckpt_file is not None and checkpoint_every is not None and epoch < total_epochs
                     and time.perf_counter() - last_save >= checkpoint_every):
                 try:
                     save_checkpoint()
@@ -392,18 +453,21 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     finally:
         bar.close()
 
-    accs = [h["test_acc"] for h in history]
+    # `final` summarises the last stage reached (all of a one-stage run), with its epochs counted within it
+    accs = [h["test_acc"] for h in history[(len(history) - 1) // cfg.epochs * cfg.epochs:]] if history else []
     final = {}
     if accs:
         best = int(np.argmax(accs))
-        final = {"last_acc": accs[-1], "best_acc": accs[best], "best_epoch": history[best]["epoch"],
+        final = {"last_acc": accs[-1], "best_acc": accs[best], "best_epoch": best + 1,
                  "last5_acc": float(np.mean(accs[-5:])), "epochs_done": len(accs)}
     record = {
         "schema": SCHEMA_VERSION, "run_name": cfg.run_name(), "config_hash": cfg.hash(),
         "method": cfg.method, "noise": cfg.noise, "dataset": cfg.dataset, "model": cfg.model,
         "seed": cfg.seed, "noise_seed": cfg.effective_noise_seed, "status": status, "oracle": method.oracle,
         "uses_noise_rate": method.uses_noise_rate, "uses_meta": method.uses_meta,
-        "config": cfg.to_dict(), "method_options": method.options(),
+        "config": cfg.to_dict(), "method_options": method.options(), "method_version": method.version,
+        "family_options": {k: v for k, v in method.family_defaults.get(noise_family(cfg.noise), {}).items()
+                           if cfg.method_options.get(k) == v},
         "env": environment(dev), "dataset_info": dict(dataset.info),
         "noise_report": noisy.noise_report, "val_noise_report": noisy.val_noise_report,
         "sizes": {"pool": len(noisy.splits.pool), "meta": noisy.meta_size, "val": len(noisy.splits.val),
@@ -412,6 +476,8 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
         "wall_time_s": wall_before + time.perf_counter() - t_start,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if stages > 1:
+        record["stages"] = stages
     if error:
         record["error"] = error
     if resumed_from is not None:

@@ -15,6 +15,11 @@ options is its own entry, ``name[key=value]``):
 * methods statistically tied with the best (:func:`stats.tied_with_best`; the oracle cannot be best) in bold;
 * cost: mean epoch time relative to ``erm`` in the same setting.
 
+A method of several stages (``forward`` and ``glc`` train a second network after the first, see
+:meth:`nlbench.methods.Method.stages`) is judged by its last stage, whose network is its result: its ``final``
+numbers summarise that stage, and :func:`val_selected_acc` selects within it; its cost counts every stage
+(:func:`mean_epoch_time`: the time per epoch of the protocol).
+
 Across the settings of a section: average ranks, the Friedman test and the Nemenyi critical difference over
 the settings where every ranked method has a result (oracle excluded, listed with ``[ORACLE]``).
 
@@ -64,11 +69,14 @@ def method_label(record: dict) -> str:
     Options that the record's protocol preset gives the method (a preset's ``method_defaults``, e.g.
     fmnist-memorize's ``alpha=3`` for the surrogate) belong to the protocol, not to the entry's name, so that run
     is plain ``surrogate``. A run of that protocol WITHOUT such an option is another entry:
-    ``surrogate[alpha="built-in"]``.
+    ``surrogate[alpha="built-in"]``. So do the method's defaults for the noise's family (the record's
+    ``family_options``, e.g. ELR's asymmetric-noise config on ``pairflip45``): that run is plain ``elr``.
     """
     opts = dict((record.get("config") or {}).get("method_options") or {})
+    family = record.get("family_options")
+    family = {k: v for k, v in family.items() if opts.get(k) == v} if isinstance(family, dict) else {}
     defaults = _protocol_method_defaults(record)
-    shown = {k: v for k, v in opts.items() if k not in defaults or defaults[k] != v}
+    shown = {k: v for k, v in opts.items() if k not in family and (k not in defaults or defaults[k] != v)}
     shown.update({k: "built-in" for k in defaults if k not in opts})
     if not shown:
         return record["method"]
@@ -114,18 +122,32 @@ def as_float(v: Any) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v is not None else math.nan
 
 
+def stage_count(history: list) -> int:
+    """How many stages a record's history spans: its largest ``stage`` (1 for a method of one stage)."""
+    stages = [h.get("stage") for h in history if isinstance(h, dict)]
+    return max([s for s in stages if isinstance(s, int) and not isinstance(s, bool) and s >= 1], default=1)
+
+
+def last_stage(history: list) -> list:
+    """The entries of a record's last stage (the whole history for a method of one stage)."""
+    last = stage_count(history)
+    return [h for h in history if isinstance(h, dict) and h.get("stage", 1) == last]
+
+
 def mean_epoch_time(history: list) -> float:
-    """Mean ``epoch_time_s`` over a record's history (NaN if none is logged)."""
+    """Mean ``epoch_time_s`` over a record's history (NaN if none is logged), times its number of stages: the
+    time per epoch of the protocol, so a method of two stages (2 x epochs epochs) costs what it spends."""
     times = [as_float(h.get("epoch_time_s")) for h in history if isinstance(h, dict)]
     times = [t for t in times if math.isfinite(t)]
-    return float(np.mean(times)) if times else math.nan
+    return float(np.mean(times)) * stage_count(history) if times else math.nan
 
 
 def val_selected_acc(history: list) -> float:
-    """Test accuracy at the epoch with the best accuracy on the noisy validation split (the first such epoch);
-    NaN if the run had no validation split. This is the selection rule a practitioner can apply."""
+    """Test accuracy at the epoch with the best accuracy on the noisy validation split (the first such epoch,
+    within the last stage of a method of several stages); NaN if the run had no validation split. This is the
+    selection rule a practitioner can apply."""
     best, acc = -math.inf, math.nan
-    for h in history:
+    for h in last_stage(history):
         if not isinstance(h, dict):
             continue
         v = as_float(h.get("val_acc"))
@@ -353,8 +375,11 @@ def _name(method: str, tag: str) -> str:
 
 
 def md_escape(text: str) -> str:
-    """Text from a record made safe for one Markdown table cell or heading: no row or column breaks."""
-    return re.sub(r"[\x00-\x1f\x7f]", " ", str(text)).replace("\\", "\\\\").replace("|", "\\|")
+    """Text from a record made safe for one Markdown table cell, heading or code span: no row or column breaks
+    (control characters become spaces, ``|`` and ``\\`` are escaped), no raw HTML (``&``, ``<``, ``>`` become
+    entities, so a method option ``<img onerror=...>`` renders as text), and no backtick to end a code span."""
+    text = re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", " ", str(text)).replace("\\", "\\\\").replace("|", "\\|")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'")
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[str]], right_from: int = 1) -> list[str]:
@@ -426,8 +451,8 @@ def _protocol_line(protocol: dict, seeds: list[int], readme: str) -> str:
     if p.get("noise_seed") is not None:
         parts.append(f"noise seed fixed at {p['noise_seed']}")
     if p.get("dataset_options"):
-        parts.append("dataset options " + ", ".join(f"{k}={json.dumps(v)}" for k, v in
-                                                   sorted(p["dataset_options"].items())))
+        parts.append("dataset options " + md_escape(", ".join(f"{k}={json.dumps(v)}" for k, v in
+                                                             sorted(p["dataset_options"].items()))))
     return (f"**Protocol.** {'; '.join(parts)}. Noise definitions: [{readme}#noise]({readme}#noise).")
 
 
@@ -439,18 +464,38 @@ def _wall_time_lines(hashes: set[str], grid_logs: Sequence[dict]) -> list[str]:
             continue
         total = len(log.get("config_hashes") or [])
         cum = as_float(log.get("cumulative_wall_time_s"))
-        cum_s = f"; cumulative {cum:.1f} s over {log.get('invocations', '?')} invocation(s)" \
+        cum_s = f"; cumulative {cum:.1f} s over {md_escape(log.get('invocations', '?'))} invocation(s)" \
             if math.isfinite(cum) else ""
         if math.isfinite(as_float(log.get("wall_time_s"))):
             lines.append(f"- grid `{md_escape(log.get('name'))}` ({len(covered)} of its {total} runs shown here): "
                          f"measured wall time {as_float(log['wall_time_s']):.1f} s "
                          f"({as_float(log['wall_time_s']) / 60:.1f} min) for the invocation that completed "
-                         f"it ({log.get('runs_in_last_invocation', '?')} runs, finished {log.get('finished')})"
+                         f"it ({md_escape(log.get('runs_in_last_invocation', '?'))} runs, finished "
+                         f"{md_escape(log.get('finished'))})"
                          f"{cum_s}.")
         else:
             lines.append(f"- grid `{md_escape(log.get('name'))}` ({len(covered)} of its {total} runs shown here): "
                          f"not completed yet{cum_s}.")
     return lines or ["- no grid log covers these records (runs made with `nlbench run`)."]
+
+
+def _superseded_lines(records: Sequence[dict]) -> list[str]:
+    """A warning naming the records made by an older version of their method (its computation has changed since:
+    a fixed deviation from the official code); empty when there are none, so other leaderboards keep their bytes."""
+    from nlbench.benchmark.records import current_method_version, is_stale
+
+    old: dict[str, list[int]] = {}
+    for r in records:
+        if isinstance(r, dict) and is_stale(r):
+            old.setdefault(str(r.get("method")), []).append(int(r.get("method_version", 1)))
+    if not old:
+        return []
+    parts = [f"`{md_escape(m)}` ({len(v)}, version {'/'.join(map(str, sorted(set(v))))}, now "
+             f"{current_method_version(m)})" for m, v in sorted(old.items())]
+    return [f"**Superseded records.** {sum(map(len, old.values()))} records were made by an older version of their "
+            f"method, whose computation has since been fixed to match the official code (docs/methods.md, "
+            f"\"Faithfulness to the official code\"): {', '.join(parts)}. Their numbers below are the old "
+            "implementation's; `nlbench grid` trains them again and replaces them.", ""]
 
 
 def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), *, plots_dir: str = "results/plots",
@@ -483,6 +528,12 @@ def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), 
            f"{RATE_TAG} methods read the nominal noise rate, which a practitioner does not know: shown, never best "
            "and never ranked. Methods whose records equal another method's at every epoch are flagged below the "
            "setting's table.", ""]
+    staged = sorted({str(r.get("method")) for r in records if isinstance(r, dict) and r.get("stages", 1) != 1})
+    if staged:  # said only where such records are, so other leaderboards keep their bytes
+        out[-2] += (" Methods of several stages (" + ", ".join(f"`{md_escape(m)}`" for m in staged) + ") train "
+                    "the protocol's epochs once per stage: their accuracies are the last stage's (epochs counted "
+                    "within it), and their epoch time counts every stage per epoch of the protocol.")
+    out += _superseded_lines(records)
     if t.runs.empty:
         out += ["No records yet: run `nlbench grid` first.", ""]
         return "\n".join(out)

@@ -5,7 +5,8 @@ never pyplot, so nothing touches a display or matplotlib's global backend. File 
 with the leaderboard's links (:func:`nlbench.benchmark.leaderboard.plot_file`), one set per protocol section:
 
 * ``<slug>__<noise>__acc.png``: test accuracy against epoch, one line (mean over seeds) and one min–max band
-  over seeds per method;
+  over seeds per method (a method of several stages, ``forward`` and ``glc``, over its last stage, epochs counted
+  within it, as the leaderboard judges it);
 * ``<slug>__<noise>__weights.png``: mean weight of clean (solid) and noisy (dashed) samples per epoch, one panel
   per method that records weight telemetry (``w_clean_mean`` / ``w_noisy_mean`` in the history);
 * ``<slug>__cd.png``: the Demšar (2006) critical-difference diagram of average ranks across noisy settings.
@@ -42,10 +43,12 @@ from nlbench.benchmark.leaderboard import (
     RATE_TAG,
     _protocol_id,
     build_tables,
+    last_stage,
     method_label,
     noise_sort_key,
     plot_file,
     protocol_of,
+    stage_count,
 )
 from nlbench.errors import NLBenchError
 
@@ -197,6 +200,8 @@ def _curves(records: Iterable[dict], keys: Sequence[str]) -> dict[tuple[str, str
     rate: dict[str, bool] = {}
     for rec in records:
         hist = [h for h in rec.get("history") or [] if isinstance(h, dict)]
+        if stage_count(hist) > 1:  # a method of several stages: its last stage, whose network is its result
+            hist = [{**h, "epoch": i + 1} for i, h in enumerate(last_stage(hist))]
         if not any(keys[0] in h for h in hist):
             continue
         label = method_label(rec)

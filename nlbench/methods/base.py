@@ -20,6 +20,8 @@ A method may also, without copying the loop:
   returned by :meth:`Method.networks` are trained by the run's optimiser and schedule, and
   :meth:`Method.eval_model` says which network, or ensemble, is evaluated. A method may also keep a private
   optimiser for its own parameters (MW-Net's weight net);
+- train in stages (:meth:`Method.stages`, :meth:`Method.on_stage_start`): the run's epochs again from a restarted
+  schedule, as two-stage protocols (``forward``, ``glc``) train a second network after the first;
 - declare what it reads beyond the noisy pool: ``uses_meta`` (the clean meta set; a method without it gets an
   empty one), ``uses_noise_rate`` (the nominal noise rate, which a practitioner does not know) and ``oracle``
   (ground truth). The last two are flagged in every output and never ranked with plain methods.
@@ -125,6 +127,12 @@ class MethodContext:
     #: builds a fresh network of the run's architecture; ``new_model(k)`` is seeded from the run's seed and ``k``
     model_factory: Callable[[int], nn.Module] | None = None
     eval_batch: int = 1000
+    #: the noisy validation split (raw inputs, noisy labels; empty without ``--val-size``), for the model
+    #: selection some official protocols make within a run (GCE's pruning model, forward's estimator network)
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    #: whether the run augments its batches (``--augment``): a method drawing its own batches augments them itself
+    augment: bool = False
 
     def new_model(self, k: int = 1) -> nn.Module:
         """A new network of the run's architecture on the device, initialised from stream ``k`` of the run's
@@ -137,6 +145,12 @@ class MethodContext:
         """Logits (float32) of ``model`` in eval mode for raw inputs ``x`` (default: the whole training set),
         in batches, without gradients; the model's train/eval mode is restored."""
         return self._logits(model, self.train_x if x is None else x, self.prep)
+
+    def val_accuracy(self, model: nn.Module) -> float | None:
+        """Accuracy of ``model`` (eval mode) on the noisy validation split; None when the run has none."""
+        if self.val_x is None or self.val_y is None or len(self.val_y) == 0:
+            return None
+        return (self.predict(model, self.val_x).argmax(1) == self.val_y).double().mean().item()
 
     def predict_meta(self, model: nn.Module) -> torch.Tensor:
         """Logits (float32) of ``model`` on the meta set, as :meth:`predict` (``meta_x`` is already model-ready)."""
@@ -181,6 +195,19 @@ class Method:
     uses_noise_rate: ClassVar[bool] = False
     #: One line for ``nlbench list methods`` (default: the first line of the class docstring).
     summary: ClassVar[str] = ""
+    #: Option values per noise family (``{"class-dependent": {"beta": 0.9}}``, families as in
+    #: :data:`nlbench.noise.NOISE_FAMILIES`), for methods whose official configurations differ by noise type
+    #: (ELR's and DivideMix's "sym" and "asym" configs). They apply below a preset's tuned values and explicit
+    #: options, and land in the run's ``method_options``, so the config hash says what ran.
+    family_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Bumped whenever the method's computation changes under unchanged options (a fixed deviation from the
+    #: official code, a new default): a finished record of an older version is stale and is trained again
+    #: instead of being reused (:func:`nlbench.benchmark.records.find_record`). Records without one are version 1.
+    version: ClassVar[int] = 1
+    #: For a method of several stages (:meth:`stages`): True keeps the optimiser's state (momentum buffers) across
+    #: a stage boundary, as GLC's official code reuses its optimiser; False (the default) gives every stage a
+    #: fresh optimiser, as a new training run has.
+    keep_optimizer_state: ClassVar[bool] = False
 
     def __init__(self) -> None:
         pass
@@ -201,14 +228,41 @@ class Method:
         run's optimiser and schedule and puts them in train mode every epoch."""
         return []
 
+    def stages(self) -> int:
+        """How many times the run's ``epochs`` are trained, asked once after :meth:`setup`; 1 by default.
+
+        A method of ``S > 1`` stages (``forward`` and ``glc``: a cross-entropy network that estimates the noise,
+        then a corrected one trained anew) runs ``S * epochs`` epochs in the one loop, numbered on (epoch
+        ``epochs + 1`` is the first of stage 2). At each stage boundary the learning-rate schedule restarts,
+        :meth:`on_stage_start` is called, and the optimiser's state is reset unless
+        :attr:`keep_optimizer_state`. Every history entry carries its ``stage``, the record its ``stages``, and
+        the record's ``final`` summarises the last stage (its network is the method's result); the wall time
+        and epoch times count every stage."""
+        return 1
+
+    def on_stage_start(self, stage: int, model: nn.Module) -> None:
+        """Called before the first epoch of stage ``stage`` (2, 3, ...; see :meth:`stages`), before that epoch's
+        :meth:`on_epoch_start` and before the optimiser is reset."""
+
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         """Called before the first step of every epoch (``epoch`` counts from 1)."""
+
+    def epoch_steps(self, epoch: int) -> int | None:
+        """How many steps epoch ``epoch`` takes, asked after :meth:`on_epoch_start`; None (the default) is one
+        pass over the training set. A method whose epochs have their own length (DivideMix: one pass over its
+        labelled set) draws its own batches; the learning rate then follows the schedule by fractional epoch."""
+        return None
 
     def step(self, batch: Batch, model: nn.Module) -> StepOutput:
         raise NotImplementedError
 
     def on_epoch_end(self, epoch: int, model: nn.Module) -> None:
         """Called after the last step of every epoch, before evaluation."""
+
+    def epoch_log(self) -> dict[str, float]:
+        """Numbers the method adds to this epoch's history entry (DivideMix's labelled share, a forget rate),
+        read after :meth:`on_epoch_end`; keys must not clash with the harness's own."""
+        return {}
 
     def eval_model(self, model: nn.Module) -> nn.Module:
         """The network (or ensemble module) whose accuracy is recorded; the main model by default."""

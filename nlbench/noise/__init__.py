@@ -30,6 +30,7 @@ from __future__ import annotations
 from nlbench.noise.base import (
     MAX_RATE_DECIMALS,
     MAX_SPEC_CHARS,
+    NOISE_FAMILIES,
     NOISES,
     NoiseContext,
     NoiseKind,
@@ -38,6 +39,7 @@ from nlbench.noise.base import (
     flip_with_matrix,
     is_rateless,
     list_noises,
+    noise_family,
     noise_report,
     noise_rng,
     nominal_rate,
@@ -60,6 +62,7 @@ def _import_kinds() -> None:
 
 _import_kinds()
 
-__all__ = ["MAX_RATE_DECIMALS", "MAX_SPEC_CHARS", "NOISES", "NoiseContext", "NoiseKind", "NoiseSpec", "apply_noise",
-           "flip_with_matrix", "is_rateless", "list_noises", "noise_report", "noise_rng", "nominal_rate",
-           "parse_noise", "realised_matrix", "register_noise", "round_half_up", "standardise_features"]
+__all__ = ["MAX_RATE_DECIMALS", "MAX_SPEC_CHARS", "NOISE_FAMILIES", "NOISES", "NoiseContext", "NoiseKind",
+           "NoiseSpec", "apply_noise", "flip_with_matrix", "is_rateless", "list_noises", "noise_family",
+           "noise_report", "noise_rng", "nominal_rate", "parse_noise", "realised_matrix", "register_noise",
+           "round_half_up", "standardise_features"]

@@ -58,18 +58,30 @@ class NoiseKind:
 
     generate: Callable[[np.ndarray, int, float, np.random.Generator, NoiseContext], tuple[np.ndarray, np.ndarray]]
     rateless: bool = False
+    #: one of :data:`NOISE_FAMILIES`: what the papers' official configurations key their settings on (ELR's and
+    #: DivideMix's "sym" and "asym" configs), so a method's per-family defaults apply the same way to every kind
+    family: str = "symmetric"
+
+
+#: The noise families a kind belongs to: ``clean``; ``symmetric`` (a flip goes to any other class alike);
+#: ``class-dependent`` (a flip's target depends on the true class: the papers' "asymmetric" noise);
+#: ``instance`` (the flip depends on the input); ``human`` (real annotators' labels).
+NOISE_FAMILIES = ("clean", "symmetric", "class-dependent", "instance", "human")
 
 
 #: kind -> :class:`NoiseKind` (the generator and whether the kind takes a rate)
 NOISES: Registry[NoiseKind] = Registry("noise")
 
 
-def register_noise(kind: str, *, rateless: bool = False):
+def register_noise(kind: str, *, rateless: bool = False, family: str = "symmetric"):
     """Register a generator ``fn(labels, num_classes, rate, rng, ctx) -> (noisy, T)`` under ``kind``; a
-    ``rateless`` kind is named without a rate (``clean``), every other one with a rate in percent (``sym40``)."""
+    ``rateless`` kind is named without a rate (``clean``), every other one with a rate in percent (``sym40``).
+    ``family`` is one of :data:`NOISE_FAMILIES`."""
+    if family not in NOISE_FAMILIES:
+        raise ValueError(f"noise family must be one of {', '.join(NOISE_FAMILIES)}, got {family!r}")
 
     def deco(fn):
-        NOISES.add(kind, NoiseKind(fn, rateless))
+        NOISES.add(kind, NoiseKind(fn, rateless, family))
         return fn
 
     return deco
@@ -78,6 +90,11 @@ def register_noise(kind: str, *, rateless: bool = False):
 def is_rateless(kind: str) -> bool:
     """Whether ``kind`` is the canonical name of a registered kind that takes no rate."""
     return kind in NOISES.list() and NOISES.get(kind).rateless
+
+
+def noise_family(spec: str) -> str:
+    """The family (:data:`NOISE_FAMILIES`) of a noise spec such as ``pairflip45``."""
+    return NOISES.get(parse_noise(spec).kind).family
 
 
 def list_noises() -> list[str]:

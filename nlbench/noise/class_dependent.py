@@ -49,4 +49,4 @@ def _asym(C, r, rng, ctx):
 
 
 for _kind, _fn in [("pairflip", _pairflip), ("flipback", _flipback), ("background", _background), ("asym", _asym)]:
-    register_noise(_kind)(_matrix_noise(_fn))
+    register_noise(_kind, family="class-dependent")(_matrix_noise(_fn))

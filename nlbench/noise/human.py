@@ -32,4 +32,4 @@ def register_label_set(name: str, source: str) -> None:
     from nlbench.noise.base import NOISES
 
     if name not in NOISES:
-        register_noise(name, rateless=True)(_human(name, source))
+        register_noise(name, rateless=True, family="human")(_human(name, source))

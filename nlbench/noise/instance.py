@@ -15,7 +15,7 @@ def standardise_features(x: np.ndarray) -> np.ndarray:
     return ((x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
 
 
-@register_noise("idn")
+@register_noise("idn", family="instance")
 def idn(labels, num_classes, rate, rng, ctx):
     """Instance-dependent noise (Xia et al. 2020, "Part-dependent label noise"), with exact counts.
 

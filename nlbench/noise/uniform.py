@@ -8,7 +8,7 @@ from nlbench.errors import NLBenchError
 from nlbench.noise.base import _matrix_noise, register_noise
 
 
-@register_noise("clean", rateless=True)
+@register_noise("clean", rateless=True, family="clean")
 def clean(labels, num_classes, rate, rng, ctx):
     """Identity: no label changes."""
     return np.asarray(labels).copy(), np.eye(num_classes)
