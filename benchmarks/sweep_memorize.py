@@ -8,7 +8,7 @@ Setting: the fmnist-memorize preset (512x2 MLP, 4,000-image noisy pool, clean me
 split 1000, 30 epochs, lr x0.1 at 25), seed 0, noises sym50 and pairflip45 (the two on which ERM's memorisation
 is measured). Each candidate is scored by its last-epoch validation accuracy averaged over the two noises; the
 last epoch is the leaderboard's primary column, so a default must hold up to the end of training, not only at
-an early peak. The winner of every method goes into the preset's ``method_defaults`` (nlbench/benchmark/config.py),
+an early peak. The winner of every method is to go into the preset's ``method_defaults`` (nlbench/benchmark/config.py),
 where it overrides the method's built-in and per-noise-family defaults on every noise of the protocol.
 
 The budget is equal: every method with a hyperparameter gets exactly :data:`BUDGET` candidates (12 runs), drawn
@@ -32,6 +32,7 @@ from pathlib import Path
 
 from nlbench.benchmark.config import RunConfig
 from nlbench.benchmark.grid import LocalExecutor, run_grid
+from nlbench.benchmark.harness import canonical_config
 from nlbench.benchmark.records import find_record
 
 PRESET = "fmnist-memorize"
@@ -93,7 +94,7 @@ def config(method: str, noise: str, options: dict) -> RunConfig:
     not from the preset's ``method_defaults``, which it chose)."""
     cfg = RunConfig.from_preset(PRESET, method=method, noise=noise, seed=0)
     cfg.method_options = dict(options)
-    return cfg
+    return canonical_config(cfg)  # the per-noise-family options join, as in the record the run writes
 
 
 def configs(methods: list[str] | None = None) -> list[RunConfig]:
@@ -124,10 +125,11 @@ def summary(results_dir: Path) -> tuple[str, dict[str, dict]]:
             scored.append((score, opts, recs))
         for rank, (score, opts, recs) in enumerate(sorted(scored, key=lambda t: -t[0] if math.isfinite(t[0])
                                                           else math.inf)):
-            if rank == 0 and method != "erm":
+            best = rank == 0 and method != "erm" and math.isfinite(score)  # a candidate that failed never wins
+            if best:
                 winners[method] = opts
             name = f"{method} {json.dumps(opts, sort_keys=True)}" if opts else method
-            cells = [name + (" **(best)**" if rank == 0 and method != "erm" else ""), fmt(score)]
+            cells = [name + (" **(best)**" if best else ""), fmt(score)]
             cells += [fmt(last(r, "val_acc")) for r in recs] + [fmt(last(r, "test_acc")) for r in recs]
             cells += [f"{last(r, 'w_auroc'):.3f}" if math.isfinite(last(r, "w_auroc")) else "-" for r in recs]
             rows.append("| " + " | ".join(cells) + " |")
@@ -139,6 +141,8 @@ def summary(results_dir: Path) -> tuple[str, dict[str, dict]]:
              "per-noise-family defaults do where a candidate leaves them unset).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows, ""]
     lines += [f"Best on noisy validation: `{m}` {json.dumps(o, sort_keys=True)}." for m, o in winners.items()]
+    lines += [f"No winner for `{m}`: no candidate finished on both noises (nan: the run diverged or is missing)."
+              for m in CANDIDATES if m not in winners]
     lines += ["", f"## The candidates ({BUDGET} per method) and where they come from", ""]
     lines += [f"- `{m}`: {src}." for m, (_, src) in CANDIDATES.items()]
     return "\n".join(lines) + "\n", winners

@@ -84,3 +84,57 @@ def test_a_record_of_an_older_method_version_is_stale_and_trained_again(tmp_path
     again = train(cfg, device="cpu", results_dir=tmp_path)
     assert "resumed" not in again and again["method_version"] == 2
     assert find_record(tmp_path, name)["method_version"] == 2
+
+
+def test_the_leaderboard_shows_the_current_record_not_the_one_it_supersedes():
+    """An ELR record made before the family defaults (no options on pairflip) and the current one are the same
+    leaderboard entry: the current one is kept whatever the hashes' order, and the old one is named stale."""
+    from nlbench.benchmark.config import config_hash
+    from nlbench.benchmark.harness import train
+    from nlbench.benchmark.leaderboard import _runs_frame, _superseded_lines
+    from nlbench.benchmark.records import is_stale
+
+    cfg = RunConfig(method="elr", noise="pairflip30", dataset="synthetic", epochs=1, meta_size=0, batch_size=64,
+                    dataset_options={"n_train": 200, "n_test": 50})
+    new = train(cfg, device="cpu")
+    old = {k: v for k, v in new.items() if k not in ("family_options", "method_version")}
+    old["config"] = {**new["config"], "method_options": {}}
+    old["config_hash"] = config_hash(old["config"])
+    old["final"] = {**new["final"], "last_acc": 0.01}
+    assert is_stale(old) and not is_stale(new)
+    for order in ([old, new], [new, old]):
+        runs, _ = _runs_frame(order)
+        assert list(runs["config_hash"]) == [new["config_hash"]]
+    assert "`elr` (1)" in _superseded_lines([old, new])[0]
+    sym = {**old, "noise": "sym30", "config": {**old["config"], "noise": "sym30"}}
+    assert not is_stale(sym)  # no family defaults on symmetric noise: nothing superseded it
+
+
+def test_a_checkpoint_of_another_method_version_is_not_resumed(tmp_path, monkeypatch, capsys):
+    from nlbench.benchmark.harness import train
+    from nlbench.methods import get_method
+
+    cfg = RunConfig(method="sce", noise="sym40", dataset="synthetic", epochs=3, meta_size=0, batch_size=64,
+                    dataset_options={"n_train": 200, "n_test": 50})
+    ckpts = tmp_path / "ckpt"
+
+    class Stop(Exception):
+        pass
+
+    cls = get_method("sce")
+    real_end = cls.on_epoch_end
+
+    def stop_after_2(self, epoch, model):
+        real_end(self, epoch, model)
+        if epoch == 2:
+            raise Stop
+
+    monkeypatch.setattr(cls, "on_epoch_end", stop_after_2)
+    with pytest.raises(Stop):
+        train(cfg, device="cpu", checkpoint_dir=ckpts, checkpoint_every=0)
+    monkeypatch.setattr(cls, "on_epoch_end", real_end)
+    assert list(ckpts.iterdir())
+    monkeypatch.setattr(cls, "version", cls.version + 1)  # the method was fixed since the checkpoint
+    record = train(cfg, device="cpu", checkpoint_dir=ckpts, checkpoint_every=0)
+    assert "resumed_from_epoch" not in record and len(record["history"]) == 3
+    assert "of another config" in capsys.readouterr().err

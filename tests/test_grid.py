@@ -464,3 +464,22 @@ def test_preset_method_defaults_apply_per_method_and_yield_to_explicit_options()
     with pytest.raises(NLBenchError, match="method_defaults"):
         G.parse_grid("g", {"dataset": "fashion-mnist", "methods": ["erm"], "noises": ["sym50"], "seeds": [0],
                            "method_defaults": {"erm": 1}})
+
+
+def test_run_grid_canonicalises_configs_built_by_a_script(tmp_path):
+    """A script's RunConfig lacks the per-noise-family options the worker adds; the driver canonicalises first, so
+    the record it gets back is of the config it claimed (not "a record of another config")."""
+    from nlbench.benchmark.grid.executors import run_one
+
+    class Inline(FakeExecutor):
+        def run(self, payloads):
+            for p in payloads:
+                yield p, run_one(p)
+
+    raw = RunConfig(method="elr", noise="pairflip30", dataset="synthetic", epochs=1, meta_size=0, batch_size=64,
+                    dataset_options={"n_train": 200, "n_test": 50})
+    assert raw.method_options == {}
+    s = G.run_grid([raw], tmp_path, Inline(), progress=False, name="t", device="cpu")
+    assert (s.done, s.errors) == (1, [])
+    (rec,), _ = scan_records(tmp_path)
+    assert rec["config"]["method_options"] == {"beta": 0.9, "lam": 1.0} and raw.method_options == {}

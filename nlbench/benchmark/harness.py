@@ -343,7 +343,10 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     generators = {"shuffle": shuffle_g, "augment": aug_g, "method": method_g}
     ckpt_file = None if checkpoint_dir is None else ckpt.checkpoint_path(checkpoint_dir, cfg.run_name())
     resumed_from = None
-    if ckpt_file is not None and resume and (state := ckpt.load(ckpt_file, cfg.hash(), dev)) is not None:
+    # a checkpoint belongs to the config AND the method's version: one written before a method's fix must not
+    # restore the old computation's state (an old constant, an old schedule) into a run recorded as the new one
+    ckpt_identity = f"{cfg.hash()}:v{method.version}"
+    if ckpt_file is not None and resume and (state := ckpt.load(ckpt_file, ckpt_identity, dev)) is not None:
         try:
             ckpt.restore_run(state, model=model, networks=networks, optimizer=opt, method=method,
                              generators=generators, view=view, device=dev)
@@ -370,7 +373,7 @@ def _train(cfg: RunConfig, *, data_root: str | os.PathLike | None, device: str,
     last_save = time.perf_counter()
 
     def save_checkpoint() -> None:
-        ckpt.save(ckpt_file, ckpt.run_state(cfg.hash(), model=model, networks=networks, optimizer=opt,
+        ckpt.save(ckpt_file, ckpt.run_state(ckpt_identity, model=model, networks=networks, optimizer=opt,
                                             method=method, generators=generators, view=view, device=dev,
                                             history=history, step=step,
                                             wall_s=wall_before + time.perf_counter() - t_start))

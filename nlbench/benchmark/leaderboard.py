@@ -194,6 +194,8 @@ class Tables:
 
 
 def _runs_frame(records: Iterable[dict]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    from nlbench.benchmark.records import is_stale
+
     rows, protocols = [], {}
     for rec in records:
         protocol = protocol_of(rec)
@@ -214,14 +216,15 @@ def _runs_frame(records: Iterable[dict]) -> tuple[pd.DataFrame, dict[str, dict]]
             "epoch_time": mean_epoch_time(rec.get("history") or []) if ok else math.nan,
             "realised_rate": as_float((rec.get("noise_report") or {}).get("realised_rate")),
             "has_weights": any(isinstance(h, dict) and "w_clean_mean" in h for h in rec.get("history") or []),
+            "stale": is_stale(rec),
         })
     cols = ["section", "dataset", "model", "noise", "method", "seed", "status", "oracle", "reads_rate",
             "config_hash", "last_acc", "best_acc", "last5_acc", "val_acc_sel", "curve", "epoch_time",
-            "realised_rate", "has_weights"]
+            "realised_rate", "has_weights", "stale"]
     runs = pd.DataFrame(rows, columns=cols)
-    # Fixed order whatever the input order; two records of one (setting, method, seed) can only differ in
-    # record_options: keep the one with the smaller hash.
-    runs = runs.sort_values(["section", "noise", "method", "seed", "config_hash"], kind="stable")
+    # Fixed order whatever the input order; two records of one (setting, method, seed) differ in record_options
+    # or one supersedes the other (records.is_stale): keep a current one, then the one with the smaller hash.
+    runs = runs.sort_values(["section", "noise", "method", "seed", "stale", "config_hash"], kind="stable")
     runs = runs.drop_duplicates(["section", "noise", "method", "seed"], keep="first").reset_index(drop=True)
     return runs, protocols
 
@@ -482,20 +485,20 @@ def _wall_time_lines(hashes: set[str], grid_logs: Sequence[dict]) -> list[str]:
 def _superseded_lines(records: Sequence[dict]) -> list[str]:
     """A warning naming the records made by an older version of their method (its computation has changed since:
     a fixed deviation from the official code); empty when there are none, so other leaderboards keep their bytes."""
-    from nlbench.benchmark.records import current_method_version, is_stale
+    from nlbench.benchmark.records import is_stale
 
-    old: dict[str, list[int]] = {}
+    old: dict[str, int] = {}
     for r in records:
         if isinstance(r, dict) and is_stale(r):
-            old.setdefault(str(r.get("method")), []).append(int(r.get("method_version", 1)))
+            old[str(r.get("method"))] = old.get(str(r.get("method")), 0) + 1
     if not old:
         return []
-    parts = [f"`{md_escape(m)}` ({len(v)}, version {'/'.join(map(str, sorted(set(v))))}, now "
-             f"{current_method_version(m)})" for m, v in sorted(old.items())]
-    return [f"**Superseded records.** {sum(map(len, old.values()))} records were made by an older version of their "
-            f"method, whose computation has since been fixed to match the official code (docs/methods.md, "
-            f"\"Faithfulness to the official code\"): {', '.join(parts)}. Their numbers below are the old "
-            "implementation's; `nlbench grid` trains them again and replaces them.", ""]
+    parts = [f"`{md_escape(m)}` ({n})" for m, n in sorted(old.items())]
+    return [f"**Superseded records.** {sum(old.values())} records were made by an older version of their method, "
+            f"whose computation has since been fixed to match the official code (docs/methods.md, \"Faithfulness to "
+            f"the official code\"): {', '.join(parts)}. Where a current record of the same run exists it is shown "
+            "instead; the others' numbers below are the old implementation's until `nlbench grid` trains them "
+            "again.", ""]
 
 
 def render_leaderboard(records: Iterable[dict], grid_logs: Sequence[dict] = (), *, plots_dir: str = "results/plots",

@@ -311,7 +311,23 @@ def current_method_version(method: str) -> int | None:
 
 
 def is_stale(rec: dict) -> bool:
-    """Whether ``rec`` was made by an older version of its method than the registered one (its computation has
-    changed since; records without ``method_version`` are version 1), so it must be trained again."""
-    current = current_method_version(str(rec.get("method")))
-    return current is not None and rec.get("method_version", 1) != current
+    """Whether ``rec`` is superseded: made by an older version of its method than the registered one (its
+    computation has changed since; records without ``method_version`` are version 1), or made before its method
+    had defaults for the record's noise family (the same command now sets those options: another config, whose
+    record replaces this one)."""
+    from nlbench.methods import METHODS
+    from nlbench.noise import noise_family
+
+    method = str(rec.get("method"))
+    if method not in METHODS:
+        return False
+    cls = METHODS.get(method)
+    version = rec.get("method_version", 1)
+    if isinstance(version, int) and not isinstance(version, bool) and version < cls.version:
+        return True
+    options = (rec.get("config") or {}).get("method_options")
+    try:
+        family = cls.family_defaults.get(noise_family(str(rec.get("noise"))), {})
+    except Exception:  # a noise this nlbench does not know: nothing to compare
+        return False
+    return isinstance(options, dict) and "family_options" not in rec and any(k not in options for k in family)

@@ -54,15 +54,9 @@ Differences from the official code, all in the harness's protocol or in guards:
 
 The forget rate of every epoch is in the record's history (``forget_rate``, via :meth:`Method.epoch_log`).
 
-Sym80 on the memorisation protocol ends near chance with either schedule (seeds 0 and 1; clean shares measured from
-the true labels outside the method). At ``r = 0.8`` a batch keeps 20%, as many as there are clean labels, and the
-small-loss samples are those whose label is the class the networks predict, clean or not, so the kept set is clean
-only as far as the networks are already right. With ``Tk = 2`` the networks select from the first step while random:
-the commonest label fills 33-40% of the kept samples in epoch 1, the peer learns those classes, network 1 predicts
-2-3 classes after epoch 1 (test 0.18/0.04), and the kept sets stay 18-28% clean (chance 20%) to the end (test
-0.20/0.17; the lr drop at epoch 25 changes nothing). A ramp (``tk=10``, near the former schedule) first learns like
-ERM (0.47 at epoch 3), then the same loop takes over as ``r`` rises (2-3 classes by epoch 9, end 0.25);
-``coteaching-meta`` falls from 0.40 to 0.14 in epoch 2. The paper's settings stop at symmetric-50% and pair-45%.
+Sym80 on the memorisation protocol ends near chance with either schedule: at ``r = 0.8`` a batch keeps 20%, as
+many as there are clean labels, and the selection feeds a class-prior loop between the two networks
+(docs/methods.md, "coteaching on sym80", explains it from one-seed probes).
 
 ``coteaching-meta`` (nlbench's variant, not in the paper) reads the clean meta set instead of the nominal rate.
 It trains epoch 1 with ``r = 0`` (it has no estimate yet) and from epoch 2 on follows the official schedule above

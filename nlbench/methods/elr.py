@@ -70,8 +70,6 @@ class ELR(Method):
     """
 
     family_defaults = {"class-dependent": {"beta": 0.9, "lam": 1.0}}
-    #: 2: the official asymmetric-noise config on class-dependent noise (version-1 records used 0.7 / 3 there)
-    version = 2
 
     def __init__(self, *, beta: Annotated[float, Range(0, 1, high_open=True)] = 0.7,
                  lam: Annotated[float, Range(0, 1000)] = 3.0):

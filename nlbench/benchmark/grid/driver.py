@@ -146,11 +146,19 @@ def run_grid(configs: list[RunConfig], results_dir: str | os.PathLike, executor:
     argument (the CLI exits 130). A ``kill -9`` leaves at most stale claims, which the next call takes over, and
     the temp file of a record being written, which the next call deletes.
 
+    The configs are canonicalised first (:func:`nlbench.benchmark.harness.canonical_config`, on copies).
     ``force`` reruns runs that have a finished record too (replacing it; no checkpoint is read);
     ``compile_model`` compiles each run's model; ``checkpoint_every`` is the seconds between a run's end-of-epoch
     checkpoints under ``<results_dir>/checkpoints`` (``None``: none), as for ``nlbench run``.
     """
+    import copy
+
+    from nlbench.benchmark.harness import canonical_config
+
     claim_ttl = check_claim_ttl(claim_ttl)
+    # the names and hashes the records will carry, whoever built the configs (a script's RunConfig lacks the
+    # per-noise-family options a worker's canonicalisation adds, and its record would not match)
+    configs = [canonical_config(copy.deepcopy(c)) for c in configs]
     results_dir = Path(results_dir)
     t0 = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
