@@ -69,6 +69,11 @@ def test_classify_edge_cases():
     same = {**rec, "env": {"threads": 2}, "history": [{"epoch": 1, "test_acc": 0.5, "epoch_time_s": 9.0}]}
     v = V.classify(rec, same, None)
     assert v.verdict == "identical" and v.env_diff == {"threads": (1, 2)}
+    # a record made before portable mode existed is native, not "portable None"
+    v2 = V.classify(rec, {**same, "env": {"threads": 1, "portable": False}}, None)
+    assert v2.env_diff == {}
+    v3 = V.classify(rec, {**same, "env": {"threads": 1, "portable": True}}, None)
+    assert v3.env_diff == {"portable": (False, True)}
     moved = {**rec, "final": {"last_acc": 0.51}, "history": [{"epoch": 1, "test_acc": 0.51}]}
     assert V.classify(rec, moved, None).verdict == "outside"  # one seed: no spread to absorb it
     assert V.classify(rec, moved, 0.02).verdict == "within"

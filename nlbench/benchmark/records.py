@@ -19,7 +19,6 @@ import math
 import os
 import re
 import socket
-import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO
 
 from nlbench.benchmark.schema import SCHEMA_VERSION, STATUSES, record_problems  # noqa: F401 (re-exported)
 from nlbench.errors import NLBenchError
+from nlbench.safe_io import special_kind
 
 RUNS_DIR = "runs"
 TEMP_MARK = ".tmp-"
@@ -187,15 +187,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _special_kind(mode: int) -> str | None:
-    """What a file that is not a regular file is, for messages (None for a regular file)."""
-    if stat.S_ISREG(mode):
-        return None
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
 def read_json_file(path: str | os.PathLike, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     """Parse a JSON file that may be hostile; raises ``ValueError("unreadable: <why>")``.
 
@@ -206,12 +197,12 @@ def read_json_file(path: str | os.PathLike, max_bytes: int = MAX_RECORD_BYTES) -
     overflow a float (``1e999``) are refused.
     """
     try:
-        kind = _special_kind(os.stat(path).st_mode)
+        kind = special_kind(os.stat(path).st_mode)
         if kind is None:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as f:
                 st = os.fstat(f.fileno())
-                kind = _special_kind(st.st_mode)
+                kind = special_kind(st.st_mode)
                 data = b"" if kind or st.st_size > max_bytes else f.read(max_bytes + 1)
                 size = max(st.st_size, len(data))
     except OSError as e:

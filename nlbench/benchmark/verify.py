@@ -153,8 +153,10 @@ def classify(record: dict, rerun: dict, spread: float | None) -> Verdict:
     diff = first_difference(record["history"], rerun["history"])
     last = (record.get("final") or {}).get("last_acc")
     new = (rerun.get("final") or {}).get("last_acc")
-    env_diff = {k: (record["env"].get(k), rerun["env"].get(k)) for k in NUMERICS_ENV
-                if record["env"].get(k) != rerun["env"].get(k)}
+    # a record made before a field existed does not differ in it (no `portable` before portable mode: native)
+    before = {"portable": False}
+    pairs = {k: (record["env"].get(k, before.get(k)), rerun["env"].get(k, before.get(k))) for k in NUMERICS_ENV}
+    env_diff = {k: (a, b) for k, (a, b) in pairs.items() if a != b}
     if diff is None and record["status"] == rerun["status"]:
         verdict = "identical"
     elif (record["status"] == rerun["status"] == "ok" and spread is not None and last is not None
