@@ -122,7 +122,7 @@ def test_a_foreign_or_misfitting_checkpoint_starts_over(tmp_path, monkeypatch, c
     rec = train(cfg, device="cpu", results_dir=tmp_path, checkpoint_every=0)
     assert "resumed_from_epoch" not in rec and "of another config" in capsys.readouterr().err
     state = torch.load(src, weights_only=True)
-    state["config_hash"] = cfg.hash()
+    state["config_hash"] = f"{cfg.hash()}:v1"  # the run's identity: its config hash and its method's version
     torch.save(state, dst)
     (tmp_path / "runs" / f"{cfg.run_name()}.json").unlink()
     rec = train(cfg, device="cpu", results_dir=tmp_path, checkpoint_every=0)

@@ -29,11 +29,10 @@ NUMERICS_VARS = (portable.ENV_FLAG, *portable.PINS)
 
 
 def _has_avx2() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx2" in f.read()
-    except OSError:
-        return False
+    """What portable mode needs (AVX2 and FMA), read as :mod:`nlbench.portable` reads it."""
+    from nlbench.portable import _cpu_has_avx2
+
+    return _cpu_has_avx2() is True
 
 
 needs_avx2 = pytest.mark.skipif(not _has_avx2(), reason="portable mode needs an x86-64 CPU with AVX2")
