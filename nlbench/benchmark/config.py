@@ -8,10 +8,11 @@ import math
 import numbers
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any
 
-from nlbench.errors import NLBenchError
+from nlbench.errors import NLBenchError, did_you_mean
 from nlbench.options import Range
 from nlbench.registry import Registry
 
@@ -61,38 +62,51 @@ _PRESETS: dict[str, dict[str, Any]] = {
 #: ``method_options``, so the config hash says what ran).
 METHOD_DEFAULTS = "method_defaults"
 PRESETS: Registry = Registry("preset")
-_OPTION_DICTS = ("method_options", "dataset_options", "record_options")
+#: the option dicts of RunConfig: set, merged and swept key by key
+OPTION_DICTS = ("method_options", "dataset_options", "record_options")
 for _name, _values in _PRESETS.items():
     PRESETS.add(_name, _values)
 
 
-#: Largest ``--config`` file read (a run's settings are a few hundred bytes).
+#: RunConfig fields that identify one run within a protocol (`run --method/--noise/--seed`, a grid's axes)
+PER_RUN = ("method", "noise", "seed")
+#: Largest settings file read (``--config``, a grid file): a run's settings are a few hundred bytes.
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The settings of a ``--config`` TOML file (RunConfig keys and ``preset``), read as untrusted input: a
-    regular file only (a FIFO is refused, never waited on), at most :data:`MAX_CONFIG_BYTES`, nesting that
-    would exhaust the parser's recursion refused, unknown keys refused with the valid ones, and every value
-    type-checked as :meth:`RunConfig.validate` checks it (``method = 5``, ``augment = "no"``,
-    ``method_options = "q=0.1"`` are errors, never dropped or coerced). Raises :class:`NLBenchError`."""
+def read_toml(path: str | os.PathLike, label: str) -> dict[str, Any]:
+    """A TOML file of settings read as untrusted input (a regular file only, never a FIFO; bounded size; nesting
+    that would exhaust the parser refused); every failure is one NLBenchError line naming ``label`` (``grid
+    file``, ``--config``) and the path."""
     import tomllib
 
-    from nlbench.errors import did_you_mean
     from nlbench.safe_io import read_bounded
 
-    raw = read_bounded(path, MAX_CONFIG_BYTES, "--config")
+    raw = read_bounded(path, MAX_CONFIG_BYTES, label)
     try:
-        table = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except RecursionError:
-        raise NLBenchError(f"--config {path} is nested too deeply") from None
+        raise NLBenchError(f"{label} {path} is nested too deeply") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise NLBenchError(f"--config {path} is not valid TOML: {e}") from None
-    valid = sorted({f.name for f in fields(RunConfig)} | {"preset"})
-    for key in table:
+        raise NLBenchError(f"{label} {path} is not valid TOML: {e}") from None
+
+
+def check_keys(where: str, keys: Iterable[str], valid: Iterable[str]) -> None:
+    """Refuse the first key not in ``valid``, with the closest valid one and the list."""
+    valid = sorted(set(valid))
+    for key in keys:
         if key not in valid:
             hint = did_you_mean(key, valid, cutoff=0.6)
-            raise NLBenchError(f"--config {path}: unknown key {key!r}.{hint} Valid: {', '.join(valid)}")
+            raise NLBenchError(f"{where}: unknown key {key!r}.{hint} Valid: {', '.join(valid)}")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of a ``--config`` TOML file (RunConfig keys and ``preset``), read as untrusted input
+    (:func:`read_toml`): unknown keys refused with the valid ones, and every value type-checked as
+    :meth:`RunConfig.validate` checks it (``method = 5``, ``augment = "no"``, ``method_options = "q=0.1"`` are
+    errors, never dropped or coerced). Raises :class:`NLBenchError`."""
+    table = read_toml(path, "--config")
+    check_keys(f"--config {path}", table, {f.name for f in fields(RunConfig)} | {"preset"})
     if "preset" in table and (not isinstance(table["preset"], str) or table["preset"] not in PRESETS):
         PRESETS.canonical(str(table["preset"])[:80])  # raises with the valid names
     if isinstance(table.get("milestones"), list):
@@ -245,8 +259,6 @@ class RunConfig:
                     raise NLBenchError(f"{name}: option {key} must be a plain value, got {problem}")
         unknown = sorted(set(self.record_options) - set(RECORD_OPTIONS))
         if unknown:
-            from nlbench.errors import did_you_mean
-
             raise NLBenchError(f"unknown record option {unknown[0]!r}.{did_you_mean(unknown[0], RECORD_OPTIONS)} "
                                f"Valid: {', '.join(RECORD_OPTIONS)}")
         for name in ("seed", "noise_seed"):
@@ -295,7 +307,7 @@ class RunConfig:
         for key, value in overrides.items():
             # option dicts merge key by key: `--data-opt x=1` (or no --data-opt at all) keeps the preset's
             # train_size instead of silently training on the full pool
-            if key in _OPTION_DICTS and isinstance(value, dict) and isinstance(base.get(key), dict):
+            if key in OPTION_DICTS and isinstance(value, dict) and isinstance(base.get(key), dict):
                 value = {**base[key], **value}
             base[key] = value
         return cls(**base)

@@ -31,6 +31,7 @@ from nlbench.benchmark.env import environment, make_generator, seed_int, select_
 from nlbench.benchmark.features import FeatureView
 from nlbench.benchmark.progress import ProgressBar
 from nlbench.benchmark.records import SCHEMA_VERSION, ensure_runs_dir, find_record, record_path, write_record
+from nlbench.benchmark.schema import STAGES
 from nlbench.benchmark.splits import Splits, make_splits
 from nlbench.benchmark.telemetry import weight_telemetry
 from nlbench.datasets import DATASETS, Dataset, load_dataset
@@ -51,8 +52,8 @@ from nlbench.options import bind_options
 from nlbench.portable import check as portable_check
 
 EVAL_BATCH = 1000
-#: Most stages a method may train (Method.stages); the record schema accepts as many.
-MAX_STAGES = 10
+#: Most stages a method may train (Method.stages): as many as the record schema accepts.
+MAX_STAGES = STAGES.high
 
 
 def lr_at(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:

@@ -50,7 +50,7 @@ NONNEG = Range(0)
 POSITIVE = Range(1)
 INT64 = Range(0, 2**63 - 1)
 VERSIONS = Range(1, SCHEMA_VERSION)
-#: Stages a method may train (``nlbench.benchmark.harness.MAX_STAGES``): a record of ``S`` stages has up to
+#: Stages a method may train (the harness allows up to ``STAGES.high``): a record of ``S`` stages has up to
 #: ``S * config.epochs`` history entries, each with its ``stage``.
 STAGES = Range(2, 10)
 

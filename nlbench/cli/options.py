@@ -27,14 +27,12 @@ from typing import Annotated, Any
 
 import typer
 
-from nlbench.benchmark.config import RunConfig
+from nlbench.benchmark.config import PER_RUN, RunConfig
 from nlbench.errors import NLBenchError
 from nlbench.portable import ENV_FLAG
 
 RUN_FIELDS = [f.name for f in fields(RunConfig)]
 RUN_DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
-#: RunConfig fields that identify one run: `run --method/--noise/--seed`, `grid --methods/--noises/--seeds`
-PER_RUN = ("method", "noise", "seed")
 #: option dicts of RunConfig -> the parameter (and flag) that sets them
 OPTION_DICT_PARAMS = {"method_options": "opt", "dataset_options": "data_opt", "record_options": "feature_epochs"}
 _FLAGS = {"opt": "--opt", "data_opt": "--data-opt", "feature_epochs": "--feature-epochs"}

@@ -17,19 +17,21 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from nlbench.benchmark.config import METHOD_DEFAULTS, PRESETS, RunConfig
+from nlbench.benchmark.config import (
+    METHOD_DEFAULTS,
+    OPTION_DICTS,
+    PER_RUN,
+    PRESETS,
+    RunConfig,
+    check_keys,
+    read_toml,
+)
 from nlbench.errors import NLBenchError, did_you_mean
 
 GRIDS_FILE = "grids.toml"
-#: Largest grid or run-settings file read (a grid is a few kilobytes).
-MAX_SETTINGS_BYTES = 1 << 20
 METHOD_OPTIONS = "method_options"
-#: the option dicts of RunConfig: set, merged and swept key by key
-OPTION_DICTS = ("method_options", "dataset_options", "record_options")
-#: RunConfig fields the grid's base protocol may not set (each run has its own)
-PER_RUN = ("method", "noise", "seed")
 _CONFIG_FIELDS = [f.name for f in fields(RunConfig)]
-#: the RunConfig keys a grid, one of its rows or a sweep may set
+#: the RunConfig keys a grid, one of its rows or a sweep may set (not PER_RUN: each run has its own)
 PROTOCOL_KEYS = tuple(k for k in _CONFIG_FIELDS if k not in PER_RUN)
 #: protocol keys that GridSpec keeps as attributes (the others live in ``overrides``)
 _NAMED = ("epochs", "model", "meta_size", "batch_size", "lr")
@@ -38,30 +40,6 @@ GRID_KEYS = ("description", "dataset", "methods", "noises", "seeds", "preset", "
              "sweep")
 #: the keys of an extra row beside the protocol keys
 ROW_KEYS = ("name", "methods", "noises", "seeds")
-
-
-def read_toml(path: str | os.PathLike, label: str) -> dict[str, Any]:
-    """A TOML file of settings read as untrusted input (a regular file only, never a FIFO; bounded size; nesting
-    that would exhaust the parser refused); every failure is one NLBenchError line naming ``label`` (``grid
-    file``) and the path."""
-    from nlbench.safe_io import read_bounded
-
-    raw = read_bounded(path, MAX_SETTINGS_BYTES, label)
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise NLBenchError(f"{label} {path} is nested too deeply") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise NLBenchError(f"{label} {path} is not valid TOML: {e}") from None
-
-
-def check_keys(where: str, keys: Iterable[str], valid: Iterable[str]) -> None:
-    """Refuse the first key not in ``valid``, with the closest valid one and the list."""
-    valid = sorted(set(valid))
-    for key in keys:
-        if key not in valid:
-            hint = did_you_mean(key, valid, cutoff=0.6)
-            raise NLBenchError(f"{where}: unknown key {key!r}.{hint} Valid: {', '.join(valid)}")
 
 
 @dataclass
